@@ -1,0 +1,3 @@
+"""fkd: fast offline knowledge distillation (FKD) for image classifiers."""
+
+__version__ = "0.1.0"

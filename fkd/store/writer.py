@@ -1,0 +1,172 @@
+"""Writing label stores: record compression (worker side) and atomic shard + manifest writes (driver).
+
+The split matters for Ray: workers turn crops and payloads into compressed per-image records, which
+are small and cheap to ship; only the driver touches the output directory, so it need not be shared
+between nodes and there is exactly one writer of ``store.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+import uuid
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+import zstandard
+
+from .. import __version__
+from .errors import StoreMismatchError
+from .format import CODEC, FORMAT_VERSION, MANIFEST_NAME, SHARD_PATTERN, Manifest, RecordLayout, ShardInfo, StoreMeta, fsync_dir
+
+ZSTD_LEVEL = 9
+"""Compression level of per-image records (see benchmarks/storage for the measurements)."""
+
+
+def compress_records(
+    layout: RecordLayout,
+    boxes_fixed: np.ndarray,
+    flips: np.ndarray,
+    indices: "np.ndarray | None",
+    values: "np.ndarray | None",
+    level: int = ZSTD_LEVEL,
+) -> list[bytes]:
+    """One zstd frame per image from arrays with a leading image axis: boxes (N, M, 4) uint16,
+    flips (N, M), indices (N, M, Ki), values (N, M, Kv)."""
+    compressor = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return [
+        compressor.compress(
+            layout.pack(boxes_fixed[n], flips[n], None if indices is None else indices[n], None if values is None else values[n])
+        )
+        for n in range(len(boxes_fixed))
+    ]
+
+
+@dataclass
+class ShardData:
+    """The contents of one shard, in image order."""
+
+    image_ids: list[str]
+    labels: np.ndarray  # (N,) int, -1 where unknown
+    sizes: np.ndarray  # (N, 2) original (height, width)
+    records: list[bytes]  # compressed, from compress_records
+
+    def __post_init__(self) -> None:
+        n = len(self.image_ids)
+        if not (len(self.labels) == len(self.sizes) == len(self.records) == n):
+            raise ValueError("image_ids, labels, sizes and records must have the same length")
+
+
+def new_meta(**settings) -> StoreMeta:
+    """A StoreMeta with fresh bookkeeping (store id, creation time, tool version)."""
+    return StoreMeta(
+        **settings,
+        store_id=uuid.uuid4().hex,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        tool_version=__version__,
+    )
+
+
+def open_for_writing(directory: "str | Path", meta: StoreMeta, overwrite: bool = False) -> Manifest:
+    """The manifest to continue: an existing store with the same settings (its finished shards kept,
+    for resume), or a new empty one. An existing store with other settings is refused with the
+    names of the differing settings unless ``overwrite``, which deletes it first."""
+    directory = Path(directory)
+    if (directory / MANIFEST_NAME).exists():
+        existing = Manifest.load(directory)
+        diff = existing.meta.differences(meta)
+        if not diff:
+            return existing
+        if not overwrite:
+            details = ", ".join(f"{k}: store has {existing.meta.settings().get(k)!r}, asked {meta.settings().get(k)!r}" for k in diff)
+            raise StoreMismatchError(
+                directory, f"exists with different settings ({details}); pass --overwrite to replace it or choose another --out"
+            )
+        remove_store(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(meta)
+    manifest.save(directory)
+    return manifest
+
+
+def remove_store(directory: Path) -> None:
+    """Delete a store's manifest and shard files (nothing else in the directory)."""
+    (directory / MANIFEST_NAME).unlink(missing_ok=True)
+    for shard in directory.glob("shard-*.h5"):
+        shard.unlink()
+
+
+def write_shard(directory: "str | Path", meta: StoreMeta, shard: int, data: ShardData) -> ShardInfo:
+    """Write shard ``shard`` atomically (temporary name, fsync, rename) and return its manifest entry.
+
+    The caller records the entry with ``Manifest.shards[shard] = info; manifest.save(directory)``;
+    until then the shard is not part of the store, so a crash in between costs only a redo.
+    """
+    directory = Path(directory)
+    start, stop = meta.shard_range(shard)
+    if len(data.image_ids) != stop - start:
+        raise ValueError(f"shard {shard} holds images [{start}, {stop}), got {len(data.image_ids)} records")
+    name = SHARD_PATTERN.format(shard)
+    lengths = np.fromiter((len(r) for r in data.records), dtype=np.uint64, count=len(data.records))
+    offsets = np.zeros(len(lengths) + 1, dtype=np.uint64)
+    np.cumsum(lengths, out=offsets[1:])
+    blob = np.frombuffer(b"".join(data.records), dtype=np.uint8)
+    crc = np.fromiter((zlib.crc32(r) for r in data.records), dtype=np.uint32, count=len(data.records))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w", libver="latest") as f:
+            f.attrs.update(
+                {
+                    "format_version": FORMAT_VERSION,
+                    "store_id": meta.store_id,
+                    "shard_index": shard,
+                    "start": start,
+                    "count": stop - start,
+                    "codec": CODEC,
+                    "scheme": meta.scheme,
+                    "top_k": meta.top_k,
+                    "num_crops": meta.num_crops,
+                    "num_classes": meta.num_classes,
+                }
+            )
+            f.create_dataset("image_ids", data=np.array(data.image_ids, dtype=object), dtype=h5py.string_dtype())
+            f.create_dataset("labels", data=np.asarray(data.labels, dtype=np.int32))
+            f.create_dataset("sizes", data=np.asarray(data.sizes, dtype=np.uint32).reshape(-1, 2))
+            f.create_dataset("offsets", data=offsets)
+            f.create_dataset("crc32", data=crc)
+            f.create_dataset("records", data=blob)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        digest = file_sha256(Path(tmp))
+        size = os.path.getsize(tmp)
+        os.replace(tmp, directory / name)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(directory)
+    return ShardInfo(index=shard, file=name, start=start, count=stop - start, bytes=size, sha256=digest)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def copy_meta(meta: StoreMeta, **changes) -> StoreMeta:
+    """A copy of ``meta`` with some settings changed and fresh bookkeeping (for derived stores)."""
+    settings = {k: v for k, v in dataclasses.asdict(meta).items() if k not in ("store_id", "created", "tool_version", "format_version")}
+    settings.update(changes)
+    return new_meta(**settings)
+
+
+__all__ = ["ShardData", "compress_records", "copy_meta", "file_sha256", "new_meta", "open_for_writing", "remove_store", "write_shard"]

@@ -1,0 +1,93 @@
+"""Fixtures shared across the suite: tiny generated image folders and label stores, ../shared paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fkd import crops, quantize
+from fkd.store import ShardData, compress_records, new_meta, open_for_writing, write_shard
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FKD_SHARED", REPO.parent / "shared"))
+CIFAR_TEACHER = SHARED / "models" / "cifar10_keras_cnn.h5"
+CIFAR_DATA = SHARED / "data" / "cifar10-jpeg.tar.gz"
+
+
+def make_image_folder(root: Path, classes: int = 3, per_class: int = 4, size: tuple[int, int] = (40, 48), seed: int = 0) -> Path:
+    """An ImageFolder of random JPEGs (class subfolders c0, c1, ...), varied sizes around ``size``."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        d = root / f"c{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            h, w = size[0] + int(rng.integers(0, 9)), size[1] + int(rng.integers(0, 9))
+            pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(d / f"img{i:03d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "images")
+
+
+def write_random_store(
+    path: Path,
+    scheme: str = "marginal-smoothing",
+    top_k: int = 5,
+    num_classes: int = 10,
+    num_crops: int = 16,
+    num_images: int = 10,
+    shard_size: int = 4,
+    seed: int = 0,
+    image_ids: "list[str] | None" = None,
+    sizes: "np.ndarray | None" = None,
+    labels: "np.ndarray | None" = None,
+) -> tuple[Path, dict[str, np.ndarray]]:
+    """Write a complete store of random teacher probabilities; return it and the arrays written
+    (``probs`` (N, M, C), ``boxes`` (N, M, 4) pixel boxes, ``flips``) to compare reads against."""
+    rng = np.random.default_rng(seed)
+    image_ids = image_ids or [f"c{i % 3}/img{i:03d}.jpg" for i in range(num_images)]
+    sizes = np.asarray(sizes if sizes is not None else [(40 + i % 5, 48 + i % 7) for i in range(num_images)])
+    labels = np.asarray(labels if labels is not None else [i % 3 for i in range(num_images)])
+    meta = new_meta(
+        scheme=scheme, top_k=top_k, num_classes=num_classes, class_names=[f"class{c}" for c in range(num_classes)],
+        num_crops=num_crops, num_images=num_images, shard_size=shard_size, teachers=[{"name": "random"}], seed=seed,
+    )
+    manifest = open_for_writing(path, meta)
+    layout = meta.record_layout()
+    logits = rng.normal(size=(num_images, num_crops, num_classes)) * 2.0
+    probs = np.exp(logits)
+    probs /= probs.sum(-1, keepdims=True)
+    all_boxes = np.zeros((num_images, num_crops, 4), dtype=np.int64)
+    all_flips = np.zeros((num_images, num_crops), dtype=bool)
+    for shard in range(meta.num_shards):
+        start, stop = meta.shard_range(shard)
+        fixed, flips, idx, val = [], [], [], []
+        for n in range(start, stop):
+            h, w = (int(v) for v in sizes[n])
+            c = crops.sample_crops(image_ids[n], h, w, num_crops, seed)
+            all_boxes[n], all_flips[n] = c.boxes, c.flips
+            fixed.append(crops.boxes_to_fixed(c.boxes, h, w))
+            flips.append(c.flips)
+            payload = quantize.encode(probs[n], scheme, top_k)
+            idx.append(payload.indices)
+            val.append(payload.values)
+        records = compress_records(
+            layout, np.stack(fixed), np.stack(flips),
+            None if idx[0] is None else np.stack(idx), None if val[0] is None else np.stack(val),
+        )
+        info = write_shard(path, meta, shard, ShardData(image_ids[start:stop], labels[start:stop], sizes[start:stop], records))
+        manifest.shards[shard] = info
+        manifest.save(path)
+    return path, {"probs": probs, "boxes": all_boxes, "flips": all_flips}
+
+
+@pytest.fixture
+def random_store(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    return write_random_store(tmp_path / "store")
