@@ -58,6 +58,10 @@ class StoreMeta:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        for name in ("top_k", "num_classes", "num_crops", "num_images", "shard_size", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise StoreFormatError(None, f"metadata field {name} must be an integer, got {value!r}")
         self.scheme = Scheme.parse(self.scheme).value
         for name in ("crop_scale", "crop_ratio", "input_size", "mean", "std"):
             setattr(self, name, tuple(getattr(self, name)))
@@ -67,6 +71,10 @@ class StoreMeta:
             raise StoreFormatError(None, f"num_classes must be in 2..2^31-1, got {self.num_classes}")
         if self.num_images < 0 or self.shard_size < 1:
             raise StoreFormatError(None, f"bad image count {self.num_images} or shard size {self.shard_size}")
+        if not isinstance(self.class_names, list) or len(self.class_names) != self.num_classes:
+            raise StoreFormatError(None, f"class_names must list {self.num_classes} names")
+        if self.record_layout().raw_size > 1 << 30:
+            raise StoreFormatError(None, "a per-image record over 1 GiB: num_crops x payload is implausible")
 
     @property
     def num_shards(self) -> int:
@@ -106,13 +114,11 @@ class StoreMeta:
         if unknown:
             raise StoreFormatError(source, f"unknown metadata fields {unknown}")
         try:
-            meta = cls(**data)
-            _check_types(meta)
-        except StoreFormatError:
-            raise
+            return cls(**data)
+        except StoreFormatError as exc:
+            raise StoreFormatError(source, exc.problem) from None
         except (TypeError, ValueError) as exc:
             raise StoreFormatError(source, f"invalid metadata: {exc}") from None
-        return meta
 
     # Record layout -------------------------------------------------------------------------
 
@@ -123,19 +129,6 @@ class StoreMeta:
     def record_layout(self) -> "RecordLayout":
         shape = payload_shape(self.scheme, self.top_k, self.num_classes)
         return RecordLayout(self.num_crops, shape.num_indices, shape.num_values, self.index_dtype)
-
-
-def _check_types(meta: StoreMeta) -> None:
-    """Reject hostile metadata (strings where numbers belong, absurd sizes) before it sizes buffers."""
-    ints = ("top_k", "num_classes", "num_crops", "num_images", "shard_size", "seed")
-    for name in ints:
-        value = getattr(meta, name)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise StoreFormatError(None, f"metadata field {name} must be an integer, got {value!r}")
-    if not isinstance(meta.class_names, list) or len(meta.class_names) != meta.num_classes:
-        raise StoreFormatError(None, f"class_names must list {meta.num_classes} names")
-    if meta.record_layout().raw_size > 1 << 30:
-        raise StoreFormatError(None, "a per-image record over 1 GiB: num_crops x payload is implausible")
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ class _OpenShard:
     crc32: np.ndarray
     labels: np.ndarray
     sizes: np.ndarray
+    image_ids: list[str]
 
 
 class LabelStore:
@@ -148,7 +149,11 @@ class LabelStore:
                 raise StoreCorruptError(path, "records dataset has the wrong type")
             if offsets[0] != 0 or np.any(np.diff(offsets.astype(np.int64)) < 0) or int(offsets[-1]) != records.shape[0]:
                 raise StoreCorruptError(path, "record offsets are inconsistent with the records dataset")
-            return _OpenShard(f, records, offsets, crc, labels, sizes)
+            ids = f["image_ids"]
+            if not isinstance(ids, h5py.Dataset) or ids.shape != (n,) or ids.dtype.kind != "O":
+                raise StoreCorruptError(path, f"dataset 'image_ids' must hold {n} strings")
+            image_ids = [s.decode() if isinstance(s, bytes) else str(s) for s in ids[...]]
+            return _OpenShard(f, records, offsets, crc, labels, sizes, image_ids)
         except StoreError:
             f.close()
             raise
@@ -196,32 +201,23 @@ class LabelStore:
         except (zstandard.ZstdError, ValueError) as exc:
             raise StoreCorruptError(path, f"undecodable record of image {index} (row {row}): {exc}") from None
         height, width = (int(v) for v in shard.sizes[row])
-        return ImageLabels(index, self.image_id(index), int(shard.labels[row]), height, width, boxes, flips, indices, values)
+        return ImageLabels(index, shard.image_ids[row], int(shard.labels[row]), height, width, boxes, flips, indices, values)
 
     # Per-image columns ----------------------------------------------------------------------
 
     @property
     def image_ids(self) -> list[str]:
-        """All image ids (relative paths), in store order. Loaded once per process."""
+        """All image ids (relative paths), in store order ('' for images of unfinished shards)."""
         if self._image_ids is None:
             ids: list[str] = []
             for shard_no in range(self.meta.num_shards):
-                if shard_no not in self.manifest.shards:
-                    ids.extend([""] * (self.meta.shard_range(shard_no)[1] - self.meta.shard_range(shard_no)[0]))
-                    continue
-                shard = self._shard(shard_no)
-                path = self.path / self.manifest.shards[shard_no].file
-                try:
-                    ids.extend(s.decode() if isinstance(s, bytes) else str(s) for s in shard.file["image_ids"][:])
-                except Exception as exc:
-                    raise StoreCorruptError(path, f"unreadable image ids: {exc}") from None
-                if len(ids) != self.meta.shard_range(shard_no)[1]:
-                    raise StoreCorruptError(path, "image id count differs from the manifest")
+                if shard_no in self.manifest.shards:
+                    ids.extend(self._shard(shard_no).image_ids)
+                else:
+                    start, stop = self.meta.shard_range(shard_no)
+                    ids.extend([""] * (stop - start))
             self._image_ids = ids
         return self._image_ids
-
-    def image_id(self, index: int) -> str:
-        return self.image_ids[index]
 
     def _column(self, name: str) -> np.ndarray:
         parts = []

@@ -84,7 +84,7 @@ def open_for_writing(directory: "str | Path", meta: StoreMeta, overwrite: bool =
         if not diff:
             return existing
         if not overwrite:
-            details = ", ".join(f"{k}: store has {existing.meta.settings().get(k)!r}, asked {meta.settings().get(k)!r}" for k in diff)
+            details = "; ".join(f"{k}: store has {existing.meta.settings().get(k)!r}, asked {meta.settings().get(k)!r}" for k in diff)
             raise StoreMismatchError(
                 directory, f"exists with different settings ({details}); pass --overwrite to replace it or choose another --out"
             )
