@@ -1,0 +1,10 @@
+"""fkd-train: stage 2 of FKD, training a timm student from a label store without running the teacher.
+
+Modules, one job each: ``cli`` (flags, ``-c`` recipes, exit codes), ``run`` (one training run:
+checks, set-up, the epoch loop), ``preflight`` (store vs data checks), ``data`` (multi-crop
+datasets, sampler, collate, evaluation data), ``augment`` (non-geometric per-crop augmentation),
+``student`` (timm model and its data settings), ``modes`` (targets and loss per training mode),
+``engine`` (one training epoch, evaluation), ``checkpoint`` (save and exact resume), ``runlog``
+(summary.csv, log.jsonl), ``distributed`` (torchrun / DDP helpers), ``mixup`` (soft-target
+Mixup/CutMix), ``errors``.
+"""

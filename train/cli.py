@@ -1,0 +1,140 @@
+"""``fkd-train``: command line (flags, ``-c recipe.yaml``) and the error handling around a run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from fkd.config import parse_args_with_config
+from fkd.images import BadImageError
+from fkd.store import StoreError
+from fkd.teachers import add_teacher_args
+
+from .errors import SetupError
+from .modes import MODES
+from .run import run
+
+DESCRIPTION = """\
+Train a timm student from an FKD label store made by fkd-labelgen, without running the teacher.
+Each step loads B images, decodes each once, replays n of its stored crops (box + flip) at the
+student's input size and trains on the stored soft labels: B*n samples per step, and an epoch is
+one pass over the images. Baselines run in the same tool (--mode supervised | online-kd | deit).
+
+example:
+  fkd-train --store STORE --data DATA --model resnet18 --crops-per-image 4 --val-data VAL --output OUT
+  fkd-train -c configs/train-cifar10-fkd.yaml --epochs 5    # a recipe; flags override it
+  torchrun --nproc_per_node 8 -m train.cli -c configs/train-imagenet-resnet50-fkd.yaml
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fkd-train", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    g = p.add_argument_group("data")
+    g.add_argument("--store", help="label store directory written by fkd-labelgen (required by --mode fkd and deit)")
+    g.add_argument("--data", required=True, help="training images: the ImageFolder directory (or CSV/TXT list) the store was made from")
+    g.add_argument("--val-data", help="validation ImageFolder (or list) evaluated after every epoch (top-1/top-5); omit to skip evaluation")
+    g.add_argument("--crops-per-image", type=int, default=4, metavar="N",
+                   help="crops replayed per decoded image and step (FKD's num_crops; at most the store's crops per image; default 4)")
+    g.add_argument("--batch-size", type=int, default=64, metavar="B",
+                   help="IMAGES per step and process: a step trains on B*N crops (official FKD's -b counts crops, so their -b 1024 "
+                        "with 4 crops is --batch-size 256 here; default 64)")
+    g.add_argument("--input-size", type=int, metavar="PIXELS", help="student input side length (default: the model's pretrained config)")
+    g.add_argument("--interpolation", choices=("bilinear", "bicubic", "nearest"),
+                   help="resize filter for crops and validation images (default: the store's for fkd/deit crops, the model's otherwise)")
+    g.add_argument("--crop-pct", type=float, help="validation centre-crop fraction: resize to size/crop_pct, crop size (default: the model's)")
+    g.add_argument("--crop-scale", type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="RandomResizedCrop area range of supervised/online-kd crops (default: the store's when --store is given, else 0.08 1)")
+    g.add_argument("--allow-resized", action="store_true",
+                   help="accept images whose size differs from the store's (the boxes are fractions of the image, mapped onto the resized copy)")
+    g.add_argument("--color-jitter", type=float, default=0.0, help="per-crop brightness/contrast/saturation jitter strength (0 = off)")
+    g.add_argument("--randaugment", metavar="SPEC", help="per-crop timm RandAugment with colour ops only, e.g. rand-m9-mstd0.5 (default off)")
+    g.add_argument("--workers", type=int, default=4, help="DataLoader worker processes per training process (default 4)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=True, help="any timm model name (timm.list_models()), e.g. resnet18, deit_tiny_distilled_patch16_224")
+    g.add_argument("--pretrained", action="store_true", help="start from timm's pretrained weights")
+    g.add_argument("--model-kwargs", nargs="*", metavar="KEY=VALUE", help="extra timm.create_model arguments, e.g. img_size=32 patch_size=4")
+    g.add_argument("--drop-path", type=float, help="stochastic depth rate (models that support it)")
+    g.add_argument("--mean", type=float, nargs=3, help="input normalization mean (default: the model's)")
+    g.add_argument("--std", type=float, nargs=3, help="input normalization std (default: the model's)")
+    g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights (timm ModelEmaV3), evaluate it and pick best.pth by it")
+    g.add_argument("--model-ema-decay", type=float, default=0.9998, help="EMA decay per update (default 0.9998)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the student")
+
+    g = p.add_argument_group("optimization")
+    g.add_argument("--epochs", type=int, default=100, help="passes over the images (FKD's '300 epochs' with 4 crops = 75 here; default 100)")
+    g.add_argument("--opt", default="sgd", help="timm optimizer name: sgd, momentum, adamw, lamb, lars, ... (default sgd)")
+    g.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default 0.1)")
+    g.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay, not applied to biases and norm layers (default 1e-4)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    g.add_argument("--sched", default="cosine", help="timm scheduler, stepped every update: cosine, step, tanh, poly, ... (default cosine)")
+    g.add_argument("--warmup-epochs", type=float, default=0, help="linear warm-up length in epochs (default 0)")
+    g.add_argument("--warmup-lr", type=float, default=1e-6, help="learning rate at the start of warm-up (default 1e-6)")
+    g.add_argument("--min-lr", type=float, default=0.0, help="final learning rate of the schedule (default 0)")
+    g.add_argument("--clip-grad", type=float, help="clip gradients at this norm (or value, see --clip-mode); default off")
+    g.add_argument("--clip-mode", choices=("norm", "value", "agc"), default="norm", help="gradient clipping mode (default norm)")
+    g.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto",
+                   help="mixed precision on CUDA (auto: bf16 where supported, else fp16); the CPU always trains in float32")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help="channels_last memory format (default: on CUDA)")
+
+    g = p.add_argument_group("training mode")
+    g.add_argument("--mode", choices=MODES, default="fkd",
+                   help="fkd: stored soft labels (default); supervised: ground truth only; online-kd: the teacher runs every step; "
+                        "deit: distillation token learns the stored labels, class token the ground truth")
+    g.add_argument("--smoothing", type=float, default=0.0, help="label smoothing of ground-truth targets (supervised, online-kd, deit; default 0)")
+    g.add_argument("--kd", choices=("soft", "hard"), default="soft",
+                   help="online-kd/deit distillation: soft (KL at --kd-tau, x tau^2; deit: the stored distribution) or hard (CE on the teacher's top-1)")
+    g.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the distillation term: (1-alpha)*CE + alpha*KD (default 0.5; DeiT soft: 0.1)")
+    g.add_argument("--kd-tau", type=float, default=1.0, help="online-kd soft distillation temperature (default 1; DeiT soft: 3)")
+    g.add_argument("--teacher-input-size", type=int, metavar="PIXELS",
+                   help="online-kd: side length the crops are resized to for the teacher (default: the first teacher's own; teacher options below)")
+    g.add_argument("--mixup", type=float, default=0.0, help="Mixup Beta alpha (0 = off); mixes the soft targets with the same lambda")
+    g.add_argument("--cutmix", type=float, default=0.0, help="CutMix Beta alpha (0 = off); lambda corrected by the clipped box area")
+    g.add_argument("--mixup-prob", type=float, default=1.0, help="probability of mixing a batch (default 1)")
+    g.add_argument("--mixup-switch-prob", type=float, default=0.5, help="probability of CutMix instead of Mixup when both are on (default 0.5)")
+
+    add_teacher_args(p)
+    share_teacher_options(p)
+
+    g = p.add_argument_group("run")
+    g.add_argument("--output", required=True, help="output directory: args.yaml, summary.csv, log.jsonl, last.pth, best.pth, checkpoint-NNNN.pth")
+    g.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint exactly (auto: OUTPUT/last.pth when present)")
+    g.add_argument("--keep-checkpoints", type=int, default=3, help="per-epoch checkpoints to keep besides last.pth/best.pth (default 3)")
+    g.add_argument("--seed", type=int, default=0, help="seed of weights, data order, crop choice, augmentation and mixing (default 0)")
+    g.add_argument("--deterministic", action="store_true", help="deterministic algorithms only (bitwise repeatable on the same hardware; slower on GPUs)")
+    g.add_argument("--device", default="auto", help="auto (this rank's GPU if any, else CPU), cpu, cuda, cuda:1, ...")
+    g.add_argument("--log-every", type=int, default=20, help="steps between progress-bar loss updates (default 20)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    return p
+
+
+def share_teacher_options(parser: argparse.ArgumentParser) -> None:
+    """Fit fkd-labelgen's teacher options (used by --mode online-kd) next to the student's.
+
+    --num-classes is one flag for both (they must agree), so it is reused with a help text that says
+    so; --no-pretrained (teacher) gets its own destination, apart from the student's --pretrained.
+    """
+    options = parser._option_string_actions
+    options["--num-classes"].help = (
+        "classes of the student (and of the online-kd teacher); must equal the store's class count "
+        "(default: the store's, else the number of class folders under --data)"
+    )
+    options["--no-pretrained"].dest = "teacher_pretrained"
+    options["--no-pretrained"].help = "online-kd: do not load timm pretrained weights for the teacher (random init unless --checkpoint)"
+
+
+def main(argv: "Sequence[str] | None" = None) -> int:
+    parser = build_parser()
+    args = parse_args_with_config(parser, argv)
+    try:
+        run(args)
+    except (SetupError, StoreError, BadImageError, FileNotFoundError, FloatingPointError) as exc:
+        print(f"fkd-train: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Multi-crop training data: decode each image once, cut n crops from it, flatten B images to B*n samples.
+
+FKD's speed comes from here: the teacher's work is in the store, and one JPEG decode feeds n crops.
+A planner decides the n crops of an image for an epoch:
+
+- ``StoreCropPlanner`` (modes fkd, deit): n of the M stored crops, without replacement, fresh each
+  epoch, with their stored payload. Replaying a stored box + flip gives the pixels its label
+  describes (the teacher saw the same box, resized to its own input size).
+- ``RandomCropPlanner`` (modes supervised, online-kd): n fresh RandomResizedCrop boxes + flips per
+  image and epoch, from the same sampler the label generator uses, so baselines see the same crop
+  distribution.
+
+All randomness derives from (seed, epoch, image index), never from worker ids or load order, so a
+run is reproducible whatever the number of DataLoader workers, and resuming at epoch e replays it.
+Batches stay uint8 on the host (4x less to copy and pin); ``CropBatch.to`` moves them to the device,
+where normalization, target decoding and mixup happen.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+from torchvision.transforms.v2 import functional as TF
+
+from fkd.crops import CropParams, boxes_to_fixed, parse_interpolation, replay_fixed, sample_crops
+from fkd.images import ImageList, load_image
+from fkd.store import LabelStore
+
+from .augment import CropAugment, seeded_rngs
+from .errors import DataMismatchError, SetupError
+
+
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (seed, epoch, index, purpose): stable across processes and runs."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+@dataclass
+class CropPlan:
+    """The n crops to cut from one image: fixed-point boxes (n, 4) relative to the image size,
+    flips (n,), which of the image's crops they are (n,), and the stored payload rows (n, k)."""
+
+    boxes_fixed: np.ndarray
+    flips: np.ndarray
+    crop_ids: np.ndarray
+    indices: "np.ndarray | None" = None
+    values: "np.ndarray | None" = None
+
+
+class CropPlanner(Protocol):
+    image_ids: list[str]
+    labels: np.ndarray
+
+    def plan(self, index: int, epoch: int, height: int, width: int) -> CropPlan: ...
+
+
+class StoreCropPlanner:
+    """n of an image's M stored crops per epoch, drawn without replacement from (seed, epoch, index).
+
+    The image must have the size the crops were drawn on, unless ``allow_resized`` (boxes are
+    fractions of the image size, so they map onto a resized copy of the same image).
+    """
+
+    def __init__(self, store: LabelStore, crops_per_image: int, seed: int, allow_resized: bool = False):
+        if not 1 <= crops_per_image <= store.meta.num_crops:
+            raise SetupError(
+                f"--crops-per-image must be in 1..{store.meta.num_crops} (the store holds {store.meta.num_crops} crops per image), got {crops_per_image}"
+            )
+        self.store = store
+        self.crops_per_image = crops_per_image
+        self.seed = seed
+        self.allow_resized = allow_resized
+        self.image_ids = list(store.image_ids)
+        self.labels = store.labels
+        store.close()  # DataLoader workers fork from here: no HDF5 handle may be open (they reopen lazily).
+
+    def plan(self, index: int, epoch: int, height: int, width: int) -> CropPlan:
+        rec = self.store.read(index)
+        if (height, width) != (rec.height, rec.width) and not self.allow_resized:
+            raise DataMismatchError(
+                f"{rec.image_id}: the image is {height}x{width} pixels but the store's crops were drawn on "
+                f"{rec.height}x{rec.width}; use the data the store was made from, or pass --allow-resized"
+            )
+        rng = np.random.default_rng(derived_seed(self.seed, epoch, index, 0))
+        chosen = np.sort(rng.choice(len(rec.flips), self.crops_per_image, replace=False))
+        return CropPlan(
+            rec.boxes_fixed[chosen], rec.flips[chosen], chosen,
+            None if rec.indices is None else rec.indices[chosen],
+            None if rec.values is None else rec.values[chosen],
+        )
+
+
+class RandomCropPlanner:
+    """n fresh RandomResizedCrop boxes + flips per image and epoch (the baselines' augmentation)."""
+
+    def __init__(self, images: ImageList, crops_per_image: int, seed: int, params: CropParams):
+        if crops_per_image < 1:
+            raise SetupError(f"--crops-per-image must be >= 1, got {crops_per_image}")
+        self.crops_per_image = crops_per_image
+        self.seed = seed
+        self.params = params
+        self.image_ids = [e.image_id for e in images.entries]
+        self.labels = np.array([e.label for e in images.entries], dtype=np.int64)
+
+    def plan(self, index: int, epoch: int, height: int, width: int) -> CropPlan:
+        crops = sample_crops(self.image_ids[index], height, width, self.crops_per_image, derived_seed(self.seed, epoch), self.params)
+        return CropPlan(boxes_to_fixed(crops.boxes, height, width), crops.flips, np.arange(self.crops_per_image))
+
+
+@dataclass
+class CropSample:
+    """One image's n crops: uint8 pixels (n, 3, s, s), payload (n, k) or None, label, store index."""
+
+    images: torch.Tensor
+    indices: "torch.Tensor | None"
+    values: "torch.Tensor | None"
+    label: int
+    index: int
+    crop_ids: torch.Tensor
+
+
+class MultiCropDataset(Dataset):
+    """Indexed by (epoch, image index) pairs from ``EpochSampler``; decodes the image once and
+    replays the planned crops at ``size`` with ``interpolation``, then applies ``augment`` per crop."""
+
+    def __init__(
+        self,
+        root: Path,
+        planner: CropPlanner,
+        size: int,
+        interpolation: str,
+        augment: "CropAugment | None" = None,
+        seed: int = 0,
+    ):
+        self.root = Path(root)
+        self.planner = planner
+        self.size = size
+        self.interpolation = parse_interpolation(interpolation)
+        self.augment = augment
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.planner.image_ids)
+
+    def __getitem__(self, key: "tuple[int, int]") -> CropSample:
+        epoch, index = key
+        image = load_image(self.root / self.planner.image_ids[index])
+        height, width = image.shape[-2:]
+        plan = self.planner.plan(index, epoch, height, width)
+        crops = replay_fixed(image, plan.boxes_fixed, plan.flips, self.size, self.interpolation)
+        if self.augment is not None:
+            with seeded_rngs(derived_seed(self.seed, epoch, index, 1)):
+                crops = torch.stack([self.augment(c) for c in crops])
+        return CropSample(
+            images=crops,
+            indices=None if plan.indices is None else torch.from_numpy(plan.indices.astype(np.int32)),
+            values=None if plan.values is None else torch.from_numpy(np.ascontiguousarray(plan.values)),
+            label=int(self.planner.labels[index]),
+            index=index,
+            crop_ids=torch.from_numpy(np.asarray(plan.crop_ids, dtype=np.int64)),
+        )
+
+
+@dataclass
+class CropBatch:
+    """B images x n crops flattened to B*n samples; labels repeat per crop, ``image_index`` is per image."""
+
+    images: torch.Tensor
+    indices: "torch.Tensor | None"
+    values: "torch.Tensor | None"
+    labels: torch.Tensor
+    image_index: torch.Tensor
+    crop_ids: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def _map(self, fn) -> "CropBatch":
+        return CropBatch(**{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name)) for f in fields(self)})
+
+    def pin_memory(self) -> "CropBatch":
+        """Called by DataLoader(pin_memory=True) for custom batch types."""
+        return self._map(lambda t: t.pin_memory())
+
+    def to(self, device: torch.device) -> "CropBatch":
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+
+def collate_crops(samples: list[CropSample]) -> CropBatch:
+    n = [s.images.shape[0] for s in samples]
+    return CropBatch(
+        images=torch.cat([s.images for s in samples]),
+        indices=None if samples[0].indices is None else torch.cat([s.indices for s in samples]),
+        values=None if samples[0].values is None else torch.cat([s.values for s in samples]),
+        labels=torch.repeat_interleave(torch.tensor([s.label for s in samples], dtype=torch.int64), torch.tensor(n)),
+        image_index=torch.tensor([s.index for s in samples], dtype=torch.int64),
+        crop_ids=torch.cat([s.crop_ids for s in samples]),
+    )
+
+
+class EpochSampler(DistributedSampler):
+    """torch's DistributedSampler (shuffled by seed + epoch, split into disjoint per-rank parts,
+    padded to equal length) yielding (epoch, index) so datasets in any worker know the epoch."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        return ((self.epoch, int(i)) for i in super().__iter__())
+
+
+class EvalDataset(Dataset):
+    """Validation images, resized so the centre crop of ``size`` covers ``crop_pct`` of the shorter
+    side (timm's eval transform: resize to floor(size / crop_pct), centre crop), as uint8."""
+
+    def __init__(self, images: ImageList, size: int, crop_pct: float, interpolation: str):
+        if not 0 < crop_pct <= 1:
+            raise SetupError(f"--crop-pct must be in (0, 1], got {crop_pct}")
+        self.images = images
+        self.size = size
+        self.resize_to = math.floor(size / crop_pct)
+        self.interpolation = parse_interpolation(interpolation)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = load_image(self.images.path(index))
+        image = TF.resize(image, [self.resize_to], interpolation=self.interpolation, antialias=True)
+        return TF.center_crop(image, [self.size, self.size]), self.images.entries[index].label
+
+
+def shard_indices(length: int, rank: int, world_size: int) -> list[int]:
+    """Evaluation split: every image exactly once over all ranks (no padding, so metrics are exact)."""
+    return list(range(rank, length, world_size))
