@@ -1,0 +1,159 @@
+"""``fkd-labelgen``: run pretrained teachers over M random crops per image into a label store.
+
+    fkd-labelgen --teacher regnety_160 --crops 200 --data DATA --out STORE
+
+Options can come from a YAML file (``-c config.yaml``, keys are option names); flags override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fkd.config import add_config_arg, parse_args_with_config
+from fkd.crops import CropParams
+from fkd.quantize import SCHEMES
+from fkd.store import StoreError
+from fkd.teachers import add_teacher_args
+
+from .driver import RunConfig, run
+from .errors import LabelgenError
+from .messages import LabelSettings
+
+PROG = "fkd-labelgen"
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except where the help already explains them or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.nargs == 0 or action.default is None or action.default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Stage 1 of fast knowledge distillation (FKD): run pretrained teachers over M random-resized "
+        "crops of every image, in parallel on Ray, and store each crop's box, flip and quantized soft label in a "
+        "sharded HDF5 label store. Rerunning the same command resumes an interrupted run.",
+        formatter_class=_HelpFormatter,
+    )
+    add_config_arg(parser)
+    io = parser.add_argument_group("data and store")
+    io.add_argument("--data", required=True, metavar="DATA",
+                    help="ImageFolder directory (one subfolder per class; label = sorted index) or a CSV/TXT list "
+                    "of image paths relative to the list's folder, with optional integer labels ('path[,label]')")
+    io.add_argument("--out", required=True, type=Path, metavar="STORE",
+                    help="label store directory to create, or to resume when it holds a store made with the same settings")
+    io.add_argument("--overwrite", action="store_true",
+                    help="replace an existing store made with different settings (and check every image again)")
+    io.add_argument("--skip-bad", action="store_true",
+                    help="leave unreadable images out of the store (recorded in its metadata) instead of failing")
+    io.add_argument("--shard-size", type=int, default=1000, metavar="N",
+                    help="images per shard: the unit of work, retry and resume")
+
+    add_teacher_args(parser)
+
+    labels = parser.add_argument_group("crops and labels")
+    labels.add_argument("--crops", type=int, default=200, metavar="M",
+                        help="random-resized crops per image (the official FKD code uses 500)")
+    labels.add_argument("--scheme", choices=SCHEMES, default="marginal-smoothing",
+                        help="soft-label quantization: hardening keeps the argmax, smoothing the top-1 probability, "
+                        "marginal-* the top-K probabilities (decoded by spreading the rest or renormalizing), "
+                        "full all C probabilities (float16)")
+    labels.add_argument("--top-k", type=int, default=5, metavar="K",
+                        help="probabilities kept per crop by the marginal schemes (FKD's choice: 5)")
+    labels.add_argument("--seed", type=int, default=0,
+                        help="crop seed: crops are drawn from (seed, image id) alone, so any worker reproduces them")
+    labels.add_argument("--crop-scale", type=float, nargs=2, default=[0.08, 1.0], metavar=("MIN", "MAX"),
+                        help="crop area as a fraction of the image (default: 0.08 1.0; the official FKD code uses 0.08 0.936)")
+    labels.add_argument("--crop-ratio", type=float, nargs=2, default=[3 / 4, 4 / 3], metavar=("MIN", "MAX"),
+                        help="crop aspect ratio range, width / height (default: 3/4 4/3)")
+
+    labels.add_argument("--input-size", type=int, default=None, metavar="PX",
+                        help="side of the square crops fed to the teacher (default: the first teacher's own input size "
+                        "from its timm data config)")
+    compute = parser.add_argument_group("compute")
+    compute.add_argument("--batch-size", type=int, default=256, metavar="B",
+                         help="crops per teacher forward pass (batches are cut the same way whatever the number of workers)")
+    compute.add_argument("--device", default="auto",
+                         help="teacher device in each worker: auto (CUDA when the worker has a GPU), cpu, cuda, cuda:N")
+    compute.add_argument("--workers", type=int, default=None, metavar="N",
+                         help="Ray actors, each loading the teacher once (default: one per GPU of the cluster; without GPUs one "
+                         "per 4 CPUs)")
+    compute.add_argument("--cpus-per-worker", type=float, default=None, metavar="C",
+                         help="CPUs each worker reserves for decoding images and CPU inference (default: the cluster's "
+                         "CPUs divided evenly between the workers)")
+    compute.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
+                         help="GPUs each worker reserves (default: 1 when the cluster has GPUs and --device is not cpu, else 0)")
+    compute.add_argument("--ray-address", default=None, metavar="ADDR",
+                         help="join this Ray cluster (also read from RAY_ADDRESS); default: start a local Ray instance")
+    compute.add_argument("--max-retries", type=int, default=3, metavar="R",
+                         help="times a shard is retried after its worker died or it failed, before the run stops")
+    compute.add_argument("--no-progress", action="store_true", help="no progress bars (the final summary is still printed)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> RunConfig:
+    """Check the options that argparse cannot, and turn them into a RunConfig."""
+    if not 1 <= args.crops <= 65535:
+        parser.error(f"--crops must be in 1..65535, got {args.crops}")
+    for name in ("top_k", "shard_size", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
+    if args.max_retries < 0:
+        parser.error(f"--max-retries must be >= 0, got {args.max_retries}")
+    try:
+        crop_params = CropParams(scale=tuple(args.crop_scale), ratio=tuple(args.crop_ratio))
+    except ValueError as exc:
+        parser.error(str(exc))
+    return RunConfig(
+        data=args.data,
+        out=Path(args.out),
+        teacher_args=args,
+        labels=LabelSettings(args.scheme, args.top_k, args.crops, args.seed, crop_params, args.shard_size),
+        batch_size=args.batch_size,
+        device=args.device,
+        workers=args.workers,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker,
+        ray_address=args.ray_address,
+        overwrite=args.overwrite,
+        skip_bad=args.skip_bad,
+        max_retries=args.max_retries,
+        progress=not args.no_progress,
+        args=args,
+    )
+
+
+def main(argv: "Sequence[str] | None" = None) -> int:
+    parser = build_parser()
+    args = parse_args_with_config(parser, argv)
+    config = config_from_args(args, parser)
+    try:
+        summary = run(config)
+    except LabelgenError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except StoreError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. the store's disk is full or read-only
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; finished shards are kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+    print(summary.format())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

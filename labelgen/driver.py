@@ -1,0 +1,266 @@
+"""The fkd-labelgen driver: plan the store, run the worker pool over its missing shards, write them.
+
+Only the driver touches the output directory: workers return each shard's compressed records (a
+few MB) through Ray, and the driver writes the shard atomically and then records it in store.json.
+So the store directory does not need to be shared between the nodes of a cluster, and store.json
+has a single writer. A shard is the unit of work, of retry and of resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from tqdm import tqdm
+
+from fkd.config import save_args
+from fkd.images import list_images
+from fkd.store import Manifest, StoreMeta, StoreMismatchError, open_for_writing, write_shard
+from fkd.store.writer import remove_store
+
+from .errors import BadImage, BadImagesError, InputError
+from .messages import ImageRef, LabelSettings, ShardTask
+from .plan import chunks, image_refs, keep_good, pending_shards, previous_scan, store_meta
+from .pool import WorkerPool
+from .progress import ProgressBoard
+from .worker import WorkerConfig
+
+ARGS_FILE = "labelgen-args.yaml"
+"""The resolved command-line options, saved next to store.json for reproducibility."""
+
+CPUS_PER_CPU_WORKER = 4
+"""Default CPUs per worker when the teacher runs on CPU: torch's intra-op threads scale poorly on
+small batches of small crops, so several narrow workers beat one wide one."""
+
+CHECK_CHUNK = 512
+"""Images per pre-pass task: large enough to amortize a Ray call, small enough to balance."""
+
+
+@dataclass
+class RunConfig:
+    """A whole fkd-labelgen run (what the command line resolves to)."""
+
+    data: str
+    out: Path
+    teacher_args: argparse.Namespace
+    labels: LabelSettings
+    batch_size: int = 256
+    device: str = "auto"
+    workers: "int | None" = None
+    cpus_per_worker: "float | None" = None
+    gpus_per_worker: "float | None" = None
+    ray_address: "str | None" = None
+    overwrite: bool = False
+    skip_bad: bool = False
+    max_retries: int = 3
+    progress: bool = True
+    args: "argparse.Namespace | None" = None  # saved as labelgen-args.yaml once the store is opened
+
+
+@dataclass
+class Sizing:
+    """The Ray resources of the pool: how many workers and what each one reserves."""
+
+    workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+
+
+@dataclass
+class Summary:
+    """What a run did; ``format()`` is the final report printed by the CLI."""
+
+    out: Path
+    images: int
+    crops: int
+    shards: int
+    shards_written: int
+    bad_images: int
+    bytes: int
+    images_labelled: int
+    labelling_seconds: float
+    seconds: float
+
+    @property
+    def bytes_per_crop(self) -> float:
+        return self.bytes / self.crops if self.crops else 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_labelled / self.labelling_seconds if self.labelling_seconds > 0 else 0.0
+
+    def format(self) -> str:
+        skipped = self.shards - self.shards_written
+        return (
+            f"store {self.out}: {self.images} images, {self.crops} crops, {self.shards} shards "
+            f"({self.shards_written} written, {skipped} already done), {self.bad_images} bad images skipped\n"
+            f"size {self.bytes} bytes ({self.bytes / 2**20:.1f} MiB), {self.bytes_per_crop:.1f} bytes per crop\n"
+            f"time {self.seconds:.1f} s; labelled {self.images_labelled} images in {self.labelling_seconds:.1f} s "
+            f"({self.images_per_second:.1f} images/s)"
+        )
+
+
+def _stderr(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)  # keeps progress bars intact
+
+
+@contextmanager
+def ray_session(address: "str | None") -> Iterator[None]:
+    """Use a Ray instance already initialized by the caller; else join ``address`` (or RAY_ADDRESS)
+    or start a local instance, and shut down what was started here."""
+    if ray.is_initialized():
+        yield
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def resolve_sizing(workers: "int | None", cpus: "float | None", gpus: "float | None", device: str = "auto") -> Sizing:
+    """Defaults from the Ray cluster: one worker per GPU; without GPUs (or with --device cpu) one
+    worker per CPUS_PER_CPU_WORKER CPUs; the cluster's CPUs split evenly between the workers. Refuses a request the cluster cannot hold
+    (its actors would wait forever)."""
+    resources = ray.cluster_resources()
+    total_cpus = float(resources.get("CPU", 1))
+    total_gpus = float(resources.get("GPU", 0))
+    if gpus is None:
+        gpus = 1.0 if total_gpus >= 1 and device != "cpu" else 0.0
+    if workers is None:
+        workers = max(1, int(total_gpus // gpus)) if gpus > 0 else max(1, int(total_cpus // CPUS_PER_CPU_WORKER))
+    if cpus is None:
+        cpus = float(max(1, int(total_cpus // workers)))
+    if workers < 1 or cpus <= 0 or gpus < 0:
+        raise InputError(f"need --workers >= 1, --cpus-per-worker > 0, --gpus-per-worker >= 0 (got {workers}, {cpus}, {gpus})")
+    if workers * cpus > total_cpus or workers * gpus > total_gpus:
+        raise InputError(
+            f"{workers} workers x ({cpus:g} CPUs, {gpus:g} GPUs) do not fit the Ray cluster "
+            f"({total_cpus:g} CPUs, {total_gpus:g} GPUs); lower --workers, --cpus-per-worker or --gpus-per-worker"
+        )
+    return Sizing(workers, cpus, gpus)
+
+
+def run(config: RunConfig, log: Callable[[str], None] = _stderr) -> Summary:
+    """Generate (or finish) the label store ``config.out``."""
+    started = time.perf_counter()
+    try:
+        images = list_images(config.data)
+    except (OSError, ValueError) as exc:
+        raise InputError(str(exc)) from None
+    refs = image_refs(images)
+    with ray_session(config.ray_address):
+        sizing = resolve_sizing(config.workers, config.cpus_per_worker, config.gpus_per_worker, config.device)
+        worker_config = WorkerConfig(
+            config.teacher_args, config.labels, config.batch_size, threads=max(1, int(sizing.cpus_per_worker)), device=config.device
+        )
+        log(f"fkd-labelgen: {len(refs)} images; starting {sizing.workers} worker(s) "
+            f"with {sizing.cpus_per_worker:g} CPUs and {sizing.gpus_per_worker:g} GPUs each")
+        with WorkerPool(worker_config, sizing.workers, sizing.cpus_per_worker, sizing.gpus_per_worker, config.max_retries, log) as pool:
+            teacher = pool.teacher_info()
+            bad = None if config.overwrite else previous_scan(config.out, images.fingerprint())
+            if bad is None:
+                bad = check_images(pool, refs, config.progress)
+            if bad and not config.skip_bad:
+                raise BadImagesError(bad, f"{len(refs)} images")
+            kept = keep_good(refs, bad)
+            if not kept:
+                raise InputError(f"all {len(refs)} images of {config.data} are unreadable")
+            manifest = open_store(config, store_meta(config.labels, teacher, images, kept, bad))
+            if config.args is not None:
+                # Never --overwrite from a saved file: `-c labelgen-args.yaml` must resume, not delete.
+                save_args(argparse.Namespace(**{**vars(config.args), "overwrite": False}), config.out / ARGS_FILE)
+            tasks = pending_shards(manifest, kept)
+            log(f"fkd-labelgen: teacher on {teacher.device}, input {teacher.input_size}; "
+                f"{manifest.meta.num_shards} shards, {manifest.meta.num_shards - len(tasks)} already done")
+            labelling_started = time.perf_counter()
+            labelled = label_shards(pool, manifest, config.out, tasks, len(kept), config.progress)
+            labelling_seconds = time.perf_counter() - labelling_started
+    meta = manifest.meta
+    return Summary(
+        out=config.out,
+        images=meta.num_images,
+        crops=meta.num_images * meta.num_crops,
+        shards=meta.num_shards,
+        shards_written=len(tasks),
+        bad_images=len(meta.bad_images),
+        bytes=sum(info.bytes for info in manifest.shards.values()),
+        images_labelled=labelled,
+        labelling_seconds=labelling_seconds,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def open_store(config: RunConfig, meta: StoreMeta) -> Manifest:
+    """open_for_writing, plus one case it cannot see: the same settings but another set of bad
+    images (the store's image list differs), possible only when --overwrite checked them again."""
+    manifest = open_for_writing(config.out, meta, config.overwrite)
+    if manifest.meta.bad_images != meta.bad_images:
+        if not config.overwrite:
+            raise StoreMismatchError(config.out, "exists with another set of unreadable images; pass --overwrite to replace it")
+        remove_store(config.out)
+        manifest = open_for_writing(config.out, meta)
+    return manifest
+
+
+def check_images(pool: WorkerPool, refs: list[ImageRef], progress: bool) -> list[BadImage]:
+    """The decode pre-pass: every image of the listing, in parallel on the workers."""
+    order = {r.image_id: i for i, r in enumerate(refs)}
+    bad: list[BadImage] = []
+    with tqdm(total=len(refs), unit="img", desc="checking images", disable=not progress, dynamic_ncols=True) as bar:
+        for task, found in pool.map_unordered("check_images", chunks(refs, CHECK_CHUNK), _chunk_name):
+            bad.extend(found)
+            bar.update(len(task))
+    return sorted(bad, key=lambda b: order[b.image_id])
+
+
+def label_shards(pool: WorkerPool, manifest: Manifest, out: Path, tasks: list[ShardTask], total: int, progress: bool) -> int:
+    """Label the missing shards; write each one and record it in store.json as it arrives."""
+    meta = manifest.meta
+    board = ray.remote(num_cpus=0)(ProgressBoard).remote() if progress else None
+    finished: set[int] = set()
+    labelled = 0
+    with tqdm(total=total, initial=total - sum(len(t.images) for t in tasks), unit="img", desc="labelling",
+              disable=not progress, dynamic_ncols=True) as bar:
+
+        def show(partial: int = 0) -> None:
+            target = total - sum(len(t.images) for t in tasks) + labelled + partial
+            if target > bar.n:  # a retried shard restarts from zero: never move the bar back
+                bar.update(target - bar.n)
+
+        def poll() -> None:
+            show(sum(n for shard, n in ray.get(board.snapshot.remote()).items() if shard not in finished))
+
+        for task, outcome in pool.map_unordered(
+            "label_shard", tasks, lambda t: f"shard {t.shard}", extra=(board,), poll=poll if progress else None
+        ):
+            if outcome.bad_images:
+                raise BadImagesError(
+                    outcome.bad_images, f"the {len(task.images)} images of shard {task.shard}",
+                    hint="they were readable when the store was planned; fix them, or rerun with "
+                    "--overwrite --skip-bad to check every image again and leave the bad ones out",
+                )
+            manifest.shards[task.shard] = write_shard(out, meta, task.shard, outcome.data)
+            manifest.save(out)
+            finished.add(task.shard)
+            labelled += len(task.images)
+            show()
+    if board is not None:
+        ray.kill(board)
+    return labelled
+
+
+def _chunk_name(chunk: list[ImageRef]) -> str:
+    return f"image check of {chunk[0].image_id} (+{len(chunk) - 1} more)"

@@ -1,0 +1,69 @@
+"""What the driver and the Ray workers send each other: small picklable records, no open files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fkd.crops import CropParams
+from fkd.store import RecordLayout, ShardData
+
+from .errors import BadImage
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    """The user's choices that define the labels, besides the teacher and the data."""
+
+    scheme: str
+    top_k: int
+    num_crops: int
+    seed: int
+    crop_params: CropParams
+    shard_size: int
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One image to read: its id in the store and where this run finds the file."""
+
+    image_id: str
+    path: str
+    label: int = -1
+
+
+@dataclass
+class ShardTask:
+    """One shard of work: the images [start, start + len(images)) of the store, in store order.
+
+    ``layout`` comes from the store metadata so that the workers pack records exactly the way the
+    reader will unpack them.
+    """
+
+    shard: int
+    start: int
+    images: list[ImageRef]
+    layout: RecordLayout
+
+
+@dataclass
+class ShardOutcome:
+    """A labelled shard (``data``), or the images of the shard that could not be decoded."""
+
+    shard: int
+    data: "ShardData | None" = None
+    bad_images: list[BadImage] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TeacherInfo:
+    """What the store metadata records about the (ensemble) teacher a worker loaded."""
+
+    num_classes: int
+    input_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str
+    temperature: float
+    members: list[dict[str, Any]]
+    device: str

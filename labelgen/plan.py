@@ -1,0 +1,90 @@
+"""Planning a run: which images go in the store, its metadata, and the shards still to do.
+
+Bad images are found by a decode pre-pass before anything is planned, so the store's image list
+(the data listing minus the bad images) and its shard ranges never change during a run or across
+resumes. The pre-pass result is kept in the store metadata (``bad_images``): a rerun on the same
+listing reuses it instead of decoding the whole dataset again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fkd.images import ImageList
+from fkd.store import MANIFEST_NAME, Manifest, RecordLayout, StoreError, StoreMeta, new_meta
+
+from .errors import BadImage
+from .messages import ImageRef, LabelSettings, ShardTask, TeacherInfo
+
+
+def image_refs(images: ImageList) -> list[ImageRef]:
+    """The listing as picklable records. Paths are made absolute here because Ray workers need
+    not share the driver's working directory (on a cluster they must see the data at this path)."""
+    root = Path(images.root).absolute()
+    return [ImageRef(e.image_id, str(root / e.image_id), int(e.label)) for e in images.entries]
+
+
+def chunks(items: list[ImageRef], size: int) -> list[list[ImageRef]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def previous_scan(out: Path, fingerprint: str) -> "list[BadImage] | None":
+    """The bad images recorded by an existing store at ``out`` made from the same listing, if any."""
+    if not (out / MANIFEST_NAME).exists():
+        return None
+    try:
+        meta = Manifest.load(out).meta
+    except StoreError:
+        return None  # open_for_writing reports the unusable store.
+    if meta.data_fingerprint != fingerprint:
+        return None
+    return [BadImage(b["image_id"], b["reason"]) for b in meta.bad_images]
+
+
+def keep_good(refs: list[ImageRef], bad: list[BadImage]) -> list[ImageRef]:
+    bad_ids = {b.image_id for b in bad}
+    return [r for r in refs if r.image_id not in bad_ids]
+
+
+def class_names(listing_names: list[str], num_classes: int) -> list[str]:
+    """The data's class names when they match the teacher's classes in number, else '0', '1', ..."""
+    if len(listing_names) == num_classes:
+        return list(listing_names)
+    return [str(c) for c in range(num_classes)]
+
+
+def store_meta(
+    settings: LabelSettings, teacher: TeacherInfo, images: ImageList, kept: list[ImageRef], bad: list[BadImage]
+) -> StoreMeta:
+    return new_meta(
+        scheme=settings.scheme,
+        top_k=settings.top_k,
+        num_classes=teacher.num_classes,
+        class_names=class_names(images.class_names, teacher.num_classes),
+        num_crops=settings.num_crops,
+        num_images=len(kept),
+        shard_size=settings.shard_size,
+        teachers=teacher.members,
+        temperature=teacher.temperature,
+        crop_scale=settings.crop_params.scale,
+        crop_ratio=settings.crop_params.ratio,
+        flip_prob=settings.crop_params.flip_prob,
+        input_size=teacher.input_size,
+        interpolation=teacher.interpolation,
+        mean=teacher.mean,
+        std=teacher.std,
+        seed=settings.seed,
+        data_fingerprint=images.fingerprint(),
+        bad_images=[b.to_dict() for b in bad],
+    )
+
+
+def pending_shards(manifest: Manifest, kept: list[ImageRef]) -> list[ShardTask]:
+    """One task per shard the store does not have yet, in shard order."""
+    meta = manifest.meta
+    layout: RecordLayout = meta.record_layout()
+    tasks = []
+    for shard in manifest.missing_shards():
+        start, stop = meta.shard_range(shard)
+        tasks.append(ShardTask(shard, start, kept[start:stop], layout))
+    return tasks

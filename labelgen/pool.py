@@ -1,0 +1,147 @@
+"""A pool of Ray actors running ``LabelWorker``, with replacement of dead actors and bounded retries.
+
+Plain actors scheduled with ``ray.wait`` (a stable Ray API) rather than Ray Data: one task per actor
+at a time, so a task that fails is known exactly, and an actor that dies (killed, out of memory,
+node lost) costs only the task it was running: the actor is replaced and the task resubmitted, at
+most ``max_retries`` times per task.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import ray
+from ray.exceptions import RayActorError, RayError, RayTaskError
+
+from .errors import InputError, LabelgenError, ShardFailedError
+from .messages import TeacherInfo
+from .worker import LabelWorker, WorkerConfig
+
+T = TypeVar("T")
+
+ENV_PREFIX = "FKD_"
+"""Driver environment variables passed on to the workers (e.g. FKD_SHARED, which locates ../shared)."""
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def describe_error(err: BaseException) -> str:
+    """One line for the user: the original exception's last line, or why the actor died."""
+    if isinstance(err, RayActorError) and not err.actor_init_failed:
+        return "the worker process died (killed, out of memory, or crashed)"
+    lines = [line.strip() for line in _ANSI.sub("", str(err)).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class WorkerPool:
+    """``size`` actors, each holding ``num_cpus`` CPUs and ``num_gpus`` GPUs and one teacher."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        size: int,
+        num_cpus: float,
+        num_gpus: float,
+        max_retries: int = 3,
+        log: Callable[[str], None] = _stderr,
+    ):
+        if size < 1:
+            raise ValueError(f"--workers must be >= 1, got {size}")
+        self.config = config
+        self.max_retries = max_retries
+        self.log = log
+        env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+        self._options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+        if env:
+            self._options["runtime_env"] = {"env_vars": env}
+        self._actor_class = ray.remote(LabelWorker)
+        self.actors = [self._spawn() for _ in range(size)]
+
+    def _spawn(self) -> "ray.actor.ActorHandle":
+        return self._actor_class.options(**self._options).remote(self.config)
+
+    def teacher_info(self) -> TeacherInfo:
+        """Wait until every actor has loaded its teacher; return what the first one loaded."""
+        try:
+            infos = ray.get([actor.info.remote() for actor in self.actors])
+        except RayActorError as err:  # raised in LabelWorker.__init__: a bad name, checkpoint, module or device
+            raise InputError(f"the teacher could not be loaded: {describe_error(err)}") from None
+        except RayTaskError as err:
+            raise LabelgenError(f"the teacher could not be described: {describe_error(err)}") from None
+        return infos[0]
+
+    def map_unordered(
+        self,
+        method: str,
+        tasks: Sequence[T],
+        name: Callable[[T], str] = str,
+        extra: tuple[Any, ...] = (),
+        poll: "Callable[[], None] | None" = None,
+        poll_seconds: float = 1.0,
+    ) -> Iterator[tuple[T, Any]]:
+        """Run ``actor.<method>(task, *extra)`` for every task, yielding ``(task, result)`` as they
+        finish; ``poll()`` is called every ``poll_seconds`` while none finishes.
+
+        A failed task goes back to the front of the queue; after ``max_retries`` retries the run
+        stops with ``ShardFailedError`` naming the task and its last error.
+        """
+        queue: deque[int] = deque(range(len(tasks)))
+        failures = [0] * len(tasks)
+        idle = list(self.actors)
+        running: dict[ray.ObjectRef, tuple[Any, int]] = {}
+        while queue or running:
+            while queue and idle:
+                actor, i = idle.pop(), queue.popleft()
+                running[getattr(actor, method).remote(tasks[i], *extra)] = (actor, i)
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=poll_seconds if poll else None)
+            if not ready:
+                poll()
+                continue
+            actor, i = running.pop(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except RayActorError as err:
+                if err.actor_init_failed:
+                    raise LabelgenError(f"a replacement worker could not load the teacher: {describe_error(err)}") from None
+                idle.append(self._replace(actor))
+                self._retry(queue, failures, i, name(tasks[i]), err)
+            except RayError as err:
+                idle.append(actor)
+                self._retry(queue, failures, i, name(tasks[i]), err)
+            else:
+                idle.append(actor)
+                yield tasks[i], result
+
+    def _retry(self, queue: deque[int], failures: list[int], i: int, label: str, err: RayError) -> None:
+        failures[i] += 1
+        reason = describe_error(err)
+        if failures[i] > self.max_retries:
+            raise ShardFailedError(f"{label} failed {failures[i]} times; last error: {reason}")
+        self.log(f"fkd-labelgen: {label} failed ({reason}); retrying ({failures[i]}/{self.max_retries})")
+        queue.appendleft(i)
+
+    def _replace(self, actor: "ray.actor.ActorHandle") -> "ray.actor.ActorHandle":
+        ray.kill(actor, no_restart=True)
+        fresh = self._spawn()
+        self.actors[self.actors.index(actor)] = fresh
+        return fresh
+
+    def close(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

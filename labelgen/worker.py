@@ -1,0 +1,280 @@
+"""The label worker: loads the teacher once, then turns whole shards into compressed records.
+
+Per shard, a thread pool decodes images and cuts their M crops (PIL and torch release the GIL) while
+the calling thread runs the teacher on batches of ``batch_size`` crops. Batches are formed from the
+shard's crops in store order, so their boundaries depend only on the shard, never on how many
+workers share the run: with the crops drawn from (seed, image id), the labels are the same for any
+number of workers on the same device type.
+
+The class is plain Python (tests drive it directly); ``labelgen.pool`` runs it as a Ray actor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+import torch
+
+from fkd import quantize
+from fkd.crops import boxes_to_fixed, replay_fixed, sample_crops
+from fkd.images import BadImageError, load_image
+from fkd.store import ShardData, compress_records
+from fkd.teachers import teacher_from_args
+
+from .errors import BadImage
+from .messages import ImageRef, LabelSettings, ShardOutcome, ShardTask, TeacherInfo
+
+if TYPE_CHECKING:
+    import ray
+
+CRASH_ONCE_ENV = "FKD_LABELGEN_CRASH_ONCE"
+"""Fault injection for tests: a file path; the first worker to create it kills itself mid-shard."""
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class WorkerConfig:
+    """Everything a worker needs; identical for every worker of a run."""
+
+    teacher_args: argparse.Namespace  # the options of fkd.teachers.add_teacher_args (+ input_size)
+    labels: LabelSettings
+    batch_size: int
+    threads: int
+    device: str = "auto"
+
+
+@dataclass
+class PreparedImage:
+    """One decoded image's crops, ready for the teacher."""
+
+    views: torch.Tensor  # (M, 3, s, s) uint8, on the teacher's device
+    boxes_fixed: np.ndarray  # (M, 4) uint16
+    flips: np.ndarray  # (M,) bool
+    size: tuple[int, int]  # original (height, width)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' is the first CUDA device when one is visible (Ray exposes only the worker's GPUs)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name} was asked for but this worker sees no CUDA device")
+    return device
+
+
+class LabelWorker:
+    """Holds one teacher; labels shards and checks images."""
+
+    def __init__(self, config: WorkerConfig):
+        self.config = config
+        torch.set_num_threads(max(1, config.threads))
+        self.device = resolve_device(config.device)
+        self.teacher = teacher_from_args(config.teacher_args, self.device).eval()
+        self.input_size = tuple(self.teacher.data_config.input_size)
+        self.interpolation = self.teacher.data_config.interpolation
+        self.threads = ThreadPoolExecutor(max(1, config.threads), thread_name_prefix="fkd-decode")
+
+    def info(self) -> TeacherInfo:
+        cfg = self.teacher.data_config
+        return TeacherInfo(
+            num_classes=int(self.teacher.num_classes),
+            input_size=tuple(int(v) for v in cfg.input_size),
+            mean=tuple(float(v) for v in cfg.mean),
+            std=tuple(float(v) for v in cfg.std),
+            interpolation=str(cfg.interpolation),
+            temperature=float(self.teacher.temperature),
+            members=self.teacher.describe(),
+            device=str(self.device),
+        )
+
+    # Image checks ---------------------------------------------------------------------------
+
+    def check_images(self, images: list[ImageRef]) -> list[BadImage]:
+        """Decode every image; return those that fail (the pre-pass before shards are planned)."""
+        results = self._ordered(self._check_one, images, window=4 * self.config.threads)
+        return [bad for bad in results if bad is not None]
+
+    @staticmethod
+    def _check_one(image: ImageRef) -> "BadImage | None":
+        loaded = _load(image)
+        return loaded if isinstance(loaded, BadImage) else None
+
+    # Labelling ------------------------------------------------------------------------------
+
+    def label_shard(self, task: ShardTask, board: "ray.actor.ActorHandle | None" = None) -> ShardOutcome:
+        """Label every crop of every image of ``task``; stop labelling at the first bad image but
+        keep decoding, so the outcome lists all of the shard's bad images. ``board`` (a Ray
+        ``ProgressBoard`` actor) hears how many images are finished after every batch."""
+        m = self.config.labels.num_crops
+        bad: list[BadImage] = []
+        fixed: list[np.ndarray] = []
+        flips: list[np.ndarray] = []
+        sizes: list[tuple[int, int]] = []
+        records: list[bytes] = []
+        pending = PayloadBuffer()
+        batcher = CropBatcher(self.config.batch_size)
+
+        def run(batch: torch.Tensor) -> None:
+            pending.add(self._label_batch(batch))
+            done = pending.rows // m
+            if done:
+                first = len(records)
+                idx, val = pending.take(done * m)
+                records.extend(
+                    compress_records(
+                        task.layout, np.stack(fixed[first : first + done]), np.stack(flips[first : first + done]),
+                        None if idx is None else idx.reshape(done, m, -1), None if val is None else val.reshape(done, m, -1),
+                    )
+                )
+                if board is not None:
+                    board.post.remote(task.shard, len(records))
+            _maybe_crash()
+
+        window = self.config.threads + 2
+        for item in self._ordered(self._prepare, task.images, window):
+            if isinstance(item, BadImage):
+                bad.append(item)
+            if bad:
+                continue
+            fixed.append(item.boxes_fixed)
+            flips.append(item.flips)
+            sizes.append(item.size)
+            for batch in batcher.add(item.views):
+                run(batch)
+        if bad:
+            return ShardOutcome(task.shard, bad_images=bad)
+        for batch in batcher.flush():
+            run(batch)
+        data = ShardData(
+            image_ids=[im.image_id for im in task.images],
+            labels=np.array([im.label for im in task.images], dtype=np.int64),
+            sizes=np.array(sizes, dtype=np.int64).reshape(-1, 2),
+            records=records,
+        )
+        return ShardOutcome(task.shard, data=data)
+
+    def _prepare(self, image: ImageRef) -> "PreparedImage | BadImage":
+        cfg = self.config.labels
+        pixels = _load(image)
+        if isinstance(pixels, BadImage):
+            return pixels
+        height, width = (int(v) for v in pixels.shape[-2:])
+        crops = sample_crops(image.image_id, height, width, cfg.num_crops, cfg.seed, cfg.crop_params)
+        fixed = boxes_to_fixed(crops.boxes, height, width)
+        if self.device.type == "cuda":
+            # Cut and resize on the GPU: the CPU threads only decode.
+            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+        views = replay_fixed(pixels, fixed, crops.flips, self.input_size, self.interpolation)
+        return PreparedImage(views, fixed, crops.flips, (height, width))
+
+    @torch.inference_mode()
+    def _label_batch(self, views: torch.Tensor) -> quantize.Payload:
+        x = views.to(self.device, non_blocking=True).float().div_(255.0)
+        probs = self.teacher(x).float()
+        if not bool(torch.isfinite(probs).all()):
+            raise RuntimeError("the teacher returned non-finite probabilities")
+        return quantize.encode(probs.cpu().numpy(), self.config.labels.scheme, self.config.labels.top_k)
+
+    def _ordered(self, fn: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[R]:
+        """``map(fn, items)`` on the thread pool, in order, with at most ``window`` items in flight
+        (bounds the memory held by decoded crops)."""
+        todo = iter(items)
+        futures = deque(self.threads.submit(fn, item) for _, item in zip(range(max(1, window)), todo))
+        while futures:
+            result = futures.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                futures.append(self.threads.submit(fn, nxt))
+            yield result
+
+
+class CropBatcher:
+    """Cuts a stream of per-image crop tensors into batches of exactly ``batch_size`` crops (the
+    last one may be smaller), crossing image boundaries."""
+
+    def __init__(self, batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.parts: list[torch.Tensor] = []
+        self.count = 0
+
+    def add(self, views: torch.Tensor) -> list[torch.Tensor]:
+        self.parts.append(views)
+        self.count += len(views)
+        batches = []
+        while self.count >= self.batch_size:
+            joined = torch.cat(self.parts) if len(self.parts) > 1 else self.parts[0]
+            batches.append(joined[: self.batch_size])
+            rest = joined[self.batch_size :]
+            self.parts = [rest] if len(rest) else []
+            self.count = len(rest)
+        return batches
+
+    def flush(self) -> list[torch.Tensor]:
+        if not self.count:
+            return []
+        batch = torch.cat(self.parts)
+        self.parts, self.count = [], 0
+        return [batch]
+
+
+class PayloadBuffer:
+    """Encoded crops waiting until all M crops of their image are labelled."""
+
+    def __init__(self) -> None:
+        self.indices: list[np.ndarray] = []
+        self.values: list[np.ndarray] = []
+        self.rows = 0
+
+    def add(self, payload: quantize.Payload) -> None:
+        if payload.indices is not None:
+            self.indices.append(payload.indices)
+        if payload.values is not None:
+            self.values.append(payload.values)
+        self.rows += len(payload.indices if payload.indices is not None else payload.values)
+
+    def take(self, rows: int) -> tuple["np.ndarray | None", "np.ndarray | None"]:
+        out = []
+        for parts in (self.indices, self.values):
+            if not parts:
+                out.append(None)
+                continue
+            joined = np.concatenate(parts)
+            parts[:] = [joined[rows:]] if len(joined) > rows else []
+            out.append(joined[:rows])
+        self.rows -= rows
+        return out[0], out[1]
+
+
+def _load(image: ImageRef) -> "torch.Tensor | BadImage":
+    """The decoded image, or why it cannot be used (corrupt, truncated, not an image, missing)."""
+    try:
+        return load_image(image.path)
+    except BadImageError as exc:
+        return BadImage(image.image_id, exc.reason)
+    except FileNotFoundError:
+        return BadImage(image.image_id, "file not found")
+
+
+def _maybe_crash() -> None:
+    """Test hook (``FKD_LABELGEN_CRASH_ONCE``): die like an OOM-killed process, once per marker."""
+    marker = os.environ.get(CRASH_ONCE_ENV)
+    if not marker:
+        return
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)

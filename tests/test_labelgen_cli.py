@@ -1,0 +1,87 @@
+"""fkd-labelgen's command line: the documented options, config files, validation, the summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fkd.config import parse_args_with_config
+from labelgen.cli import build_parser, config_from_args
+from labelgen.driver import Summary
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def resolve(*argv: str):
+    parser = build_parser()
+    return config_from_args(parse_args_with_config(parser, list(argv)), parser)
+
+
+def test_the_issue_command_works_as_written_with_fkd_defaults():
+    config = resolve("--teacher", "regnety_160", "--crops", "200", "--data", "DATA", "--out", "STORE")
+    assert (config.data, config.out) == ("DATA", Path("STORE"))
+    assert config.teacher_args.teacher == ["regnety_160"] and config.teacher_args.pretrained is True
+    labels = config.labels
+    assert (labels.scheme, labels.top_k, labels.num_crops, labels.seed, labels.shard_size) == ("marginal-smoothing", 5, 200, 0, 1000)
+    assert (labels.crop_params.scale, labels.crop_params.ratio) == ((0.08, 1.0), (3 / 4, 4 / 3))
+    assert (config.workers, config.gpus_per_worker, config.ray_address, config.device) == (None, None, None, "auto")
+    assert (config.overwrite, config.skip_bad, config.progress) == (False, False, True)
+
+
+def test_help_explains_every_option_of_the_issue():
+    text = build_parser().format_help()
+    for option in (
+        "--teacher", "--checkpoint", "--teacher-module", "--num-classes", "--crops", "--scheme", "--top-k", "--temperature",
+        "--seed", "--batch-size", "--workers", "--gpus-per-worker", "--ray-address", "--shard-size", "--input-size",
+        "--crop-scale MIN MAX", "--crop-ratio MIN MAX", "--device", "--overwrite", "--skip-bad", "--config",
+    ):
+        assert option in text, option
+    assert "{hardening,smoothing,marginal-smoothing,marginal-renorm,full}" in text
+
+
+def test_config_file_gives_defaults_and_flags_override(tmp_path):
+    config_file = tmp_path / "labelgen.yaml"
+    config_file.write_text("scheme: hardening\ncrops: 50\ncrop-scale: [0.08, 0.936]\ndata: /data/train\nteacher: [a, b]\n")
+    config = resolve("-c", str(config_file), "--crops", "10", "--out", "STORE")
+    assert (config.labels.scheme, config.labels.num_crops, config.labels.crop_params.scale) == ("hardening", 10, (0.08, 0.936))
+    assert config.data == "/data/train" and config.teacher_args.teacher == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--crop-scale", "0.5", "0.2"], "crop scale must satisfy 0 < min <= max <= 1, got (0.5, 0.2)"),
+        (["--crop-ratio", "0", "1"], "crop ratio must satisfy 0 < min <= max, got (0.0, 1.0)"),
+        (["--crops", "0"], "--crops must be in 1..65535, got 0"),
+        (["--top-k", "0"], "--top-k must be >= 1, got 0"),
+        (["--shard-size", "0"], "--shard-size must be >= 1, got 0"),
+        (["--workers", "0"], "--workers must be >= 1, got 0"),
+        (["--scheme", "top5"], "argument --scheme: invalid choice: 'top5'"),
+    ],
+)
+def test_bad_options_exit_2_with_a_message(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        resolve("--teacher", "x", "--data", "D", "--out", "S", *flags)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_shipped_recipes_parse():
+    imagenet = resolve("-c", str(REPO / "configs" / "labelgen-imagenet.yaml"), "--data", "D", "--out", "S")
+    assert imagenet.teacher_args.teacher == ["regnety_160"]
+    assert (imagenet.labels.crop_params.scale, imagenet.labels.scheme, imagenet.labels.top_k) == ((0.08, 0.936), "marginal-smoothing", 5)
+    cifar = resolve("-c", str(REPO / "configs" / "labelgen-cifar10.yaml"), "--data", "D", "--out", "S")
+    assert cifar.teacher_args.teacher_module == "fkd.zoo.keras_cifar10:create_model" and cifar.teacher_args.teacher is None
+
+
+def test_summary_reports_sizes_and_speed():
+    summary = Summary(
+        out=Path("s"), images=1000, crops=200_000, shards=4, shards_written=3, bad_images=1, bytes=3 * 2**20,
+        images_labelled=750, labelling_seconds=30.0, seconds=40.0,
+    )
+    assert summary.format() == (
+        "store s: 1000 images, 200000 crops, 4 shards (3 written, 1 already done), 1 bad images skipped\n"
+        "size 3145728 bytes (3.0 MiB), 15.7 bytes per crop\n"
+        "time 40.0 s; labelled 750 images in 30.0 s (25.0 images/s)"
+    )
