@@ -23,8 +23,7 @@ from tqdm import tqdm
 
 from fkd.config import save_args
 from fkd.images import list_images
-from fkd.store import Manifest, StoreMeta, StoreMismatchError, open_for_writing, write_shard
-from fkd.store.writer import remove_store
+from fkd.store import Manifest, StoreMeta, StoreMismatchError, open_for_writing, remove_store, store_lock, write_shard
 
 from .errors import BadImage, BadImagesError, InputError
 from .messages import ImageRef, LabelSettings, ShardTask
@@ -178,16 +177,17 @@ def run(config: RunConfig, log: Callable[[str], None] = _stderr) -> Summary:
             kept = keep_good(refs, bad)
             if not kept:
                 raise InputError(f"all {len(refs)} images of {config.data} are unreadable")
-            manifest = open_store(config, store_meta(config.labels, teacher, images, kept, bad))
-            if config.args is not None:
-                # Never --overwrite from a saved file: `-c labelgen-args.yaml` must resume, not delete.
-                save_args(argparse.Namespace(**{**vars(config.args), "overwrite": False}), config.out / ARGS_FILE)
-            tasks = pending_shards(manifest, kept)
-            log(f"fkd-labelgen: teacher on {teacher.device}, input {teacher.input_size}; "
-                f"{manifest.meta.num_shards} shards, {manifest.meta.num_shards - len(tasks)} already done")
-            labelling_started = time.perf_counter()
-            labelled = label_shards(pool, manifest, config.out, tasks, len(kept), config.progress)
-            labelling_seconds = time.perf_counter() - labelling_started
+            with store_lock(config.out):  # one writer per store; created only once there is work to write
+                manifest = open_store(config, store_meta(config.labels, teacher, images, kept, bad))
+                if config.args is not None:
+                    # Never --overwrite from a saved file: `-c labelgen-args.yaml` must resume, not delete.
+                    save_args(argparse.Namespace(**{**vars(config.args), "overwrite": False}), config.out / ARGS_FILE)
+                tasks = pending_shards(manifest, kept)
+                log(f"fkd-labelgen: teacher on {teacher.device}, input {teacher.input_size}; "
+                    f"{manifest.meta.num_shards} shards, {manifest.meta.num_shards - len(tasks)} already done")
+                labelling_started = time.perf_counter()
+                labelled = label_shards(pool, manifest, config.out, tasks, len(kept), config.progress)
+                labelling_seconds = time.perf_counter() - labelling_started
     meta = manifest.meta
     return Summary(
         out=config.out,

@@ -23,10 +23,12 @@ from fkd.store import (
     StoreCorruptError,
     StoreFormatError,
     StoreIncompleteError,
+    StoreError,
     StoreMismatchError,
     compress_records,
     new_meta,
     open_for_writing,
+    store_lock,
     write_shard,
 )
 
@@ -95,19 +97,21 @@ def test_flipped_record_bytes_fail_the_record_checksum(random_store: tuple[Path,
     data = bytearray(shard_file(path).read_bytes())
     data[offset] ^= 0xFF
     shard_file(path).write_bytes(bytes(data))
-    store = LabelStore(path)
+    with pytest.raises(StoreCorruptError, match=r"shard-00001\.h5: checksum mismatch: sha256 [0-9a-f]{16}\.\.\., the manifest recorded"):
+        LabelStore(path).read(6)
+    # Behind the shard hash, the record's own CRC catches it too.
     with pytest.raises(StoreCorruptError, match=r"shard-00001\.h5: checksum mismatch in the record of image 6 \(row 2\)"):
-        store.read(6)
-    with pytest.raises(StoreCorruptError, match="checksum mismatch: sha256"):
-        store.verify_shard_checksum(1)
+        LabelStore(path, verify_checksums=False).read(6)
 
 
 def test_garbage_shard_is_not_readable_hdf5(random_store: tuple[Path, dict]) -> None:
     path, _ = random_store
     size = shard_file(path).stat().st_size
     shard_file(path).write_bytes(os.urandom(size))
-    with pytest.raises(StoreCorruptError, match=r"shard-00001\.h5: not a readable HDF5 shard"):
+    with pytest.raises(StoreCorruptError, match=r"shard-00001\.h5: checksum mismatch: sha256"):
         LabelStore(path).read(4)
+    with pytest.raises(StoreCorruptError, match=r"shard-00001\.h5: not a readable HDF5 shard"):
+        LabelStore(path, verify_checksums=False).read(4)
 
 
 def test_missing_shard_and_foreign_shard(tmp_path: Path) -> None:
@@ -118,8 +122,10 @@ def test_missing_shard_and_foreign_shard(tmp_path: Path) -> None:
         LabelStore(path).read(9)
     # Same size, other store: caught by the store id, not mistaken for ours.
     shard_file(path, 1).write_bytes(shard_file(other, 1).read_bytes())
-    with pytest.raises(StoreCorruptError, match="shard belongs to another store"):
+    with pytest.raises(StoreCorruptError, match="checksum mismatch: sha256"):
         LabelStore(path).read(4)
+    with pytest.raises(StoreCorruptError, match="shard belongs to another store"):
+        LabelStore(path, verify_checksums=False).read(4)
 
 
 def test_wrong_format_version_and_hostile_metadata(random_store: tuple[Path, dict]) -> None:
@@ -191,3 +197,30 @@ def test_shard_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         write_shard(path, meta, 0, data)
     assert sorted(p.name for p in path.iterdir()) == ["store.json"]
     assert Manifest.load(path).shards == {}
+
+
+def test_one_writer_at_a_time_and_stale_temporary_files_are_cleared(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    path.mkdir()
+    (path / ".shard-00000.h5.abc.tmp").write_bytes(b"left by a killed writer")
+    with store_lock(path):
+        assert not (path / ".shard-00000.h5.abc.tmp").exists()
+        with pytest.raises(StoreError, match=rf"s: is being written by pid {os.getpid()} on "):
+            with store_lock(path):
+                pass
+    with store_lock(path):  # released
+        pass
+
+
+def test_store_files_are_readable_by_others_and_teachers_compare_by_checksum(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        path, _ = write_random_store(tmp_path / "s")
+    finally:
+        os.umask(old)
+    assert (path / "shard-00000.h5").stat().st_mode & 0o777 == 0o644
+    assert (path / "store.json").stat().st_mode & 0o777 == 0o644
+    a = new_meta(**settings(teachers=[{"name": "t", "checkpoint": "/abs/t.pth", "sha256": "ab12"}]))
+    b = new_meta(**settings(teachers=[{"name": "t", "checkpoint": "t.pth", "sha256": "ab12"}]))
+    c = new_meta(**settings(teachers=[{"name": "t", "checkpoint": "t.pth", "sha256": "cd34"}]))
+    assert a.differences(b) == [] and a.differences(c) == ["teachers"]

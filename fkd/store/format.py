@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -27,6 +28,13 @@ CODEC = "zstd"
 # Settings that describe *what* was generated; two stores with equal settings hold the same labels.
 # Bookkeeping fields (store id, creation time, tool version) are left out of the comparison.
 BOOKKEEPING_FIELDS = ("store_id", "created", "tool_version", "format_version")
+
+# Bounds on what metadata may claim, so a hostile or damaged store.json cannot make a reader loop
+# over, or allocate for, images and shards that do not exist (the per-shard structures are bounded
+# separately by the shard file's real size).
+MAX_IMAGES = 2**32
+MAX_SHARDS = 1_000_000
+MAX_INPUT_SIDE = 4096
 
 
 @dataclass
@@ -75,6 +83,42 @@ class StoreMeta:
             raise StoreFormatError(None, f"class_names must list {self.num_classes} names")
         if self.record_layout().raw_size > 1 << 30:
             raise StoreFormatError(None, "a per-image record over 1 GiB: num_crops x payload is implausible")
+        if self.num_images > MAX_IMAGES or self.num_shards > MAX_SHARDS:
+            raise StoreFormatError(
+                None, f"implausible store size: {self.num_images} images in {self.num_shards} shards "
+                f"(at most {MAX_IMAGES} images and {MAX_SHARDS} shards)"
+            )
+        self._check_settings()
+
+    def _check_settings(self) -> None:
+        """Types and ranges of the settings readers use to replay crops (strings where numbers
+        belong, wrong lengths, absurd sizes)."""
+
+        def numeric(name: str, count: int) -> tuple[float, ...]:
+            value = getattr(self, name)
+            if len(value) != count or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
+                raise StoreFormatError(None, f"metadata field {name} must hold {count} numbers, got {list(value)!r}")
+            return value
+
+        numeric("crop_scale", 2)
+        numeric("crop_ratio", 2)
+        numeric("mean", 3)
+        numeric("std", 3)
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and 1 <= v <= MAX_INPUT_SIDE for v in numeric("input_size", 2)):
+            raise StoreFormatError(None, f"metadata field input_size must be 2 integers in 1..{MAX_INPUT_SIDE}, got {list(self.input_size)!r}")
+        for name in ("temperature", "flip_prob"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                raise StoreFormatError(None, f"metadata field {name} must be a number, got {value!r}")
+        for name in ("interpolation", "data_fingerprint", "store_id", "created", "tool_version"):
+            if not isinstance(getattr(self, name), str):
+                raise StoreFormatError(None, f"metadata field {name} must be a string, got {getattr(self, name)!r}")
+        if not all(isinstance(n, str) for n in self.class_names):
+            raise StoreFormatError(None, "metadata field class_names must hold strings")
+        for name in ("teachers", "bad_images"):
+            value = getattr(self, name)
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise StoreFormatError(None, f"metadata field {name} must be a list of objects")
 
     @property
     def num_shards(self) -> int:
@@ -90,6 +134,10 @@ class StoreMeta:
         d = json.loads(json.dumps(dataclasses.asdict(self)))
         for key in BOOKKEEPING_FIELDS + ("bad_images",):
             d.pop(key, None)
+        # A checkpoint is identified by its sha256: the same file under another path is the same teacher.
+        for teacher in d.get("teachers", []):
+            if teacher.get("sha256"):
+                teacher.pop("checkpoint", None)
         return d
 
     def differences(self, other: "StoreMeta") -> list[str]:
@@ -205,6 +253,8 @@ class ShardInfo:
             value = getattr(info, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise StoreFormatError(source, f"shard entry field {name} must be a non-negative integer, got {value!r}")
+        if not isinstance(info.file, str) or not isinstance(info.sha256, str):
+            raise StoreFormatError(source, f"shard entry {data!r}: file and sha256 must be strings")
         if Path(info.file).name != info.file:
             raise StoreFormatError(source, f"shard file name {info.file!r} must not contain a directory")
         return info
@@ -255,11 +305,20 @@ class Manifest:
         atomic_write_bytes(Path(directory) / MANIFEST_NAME, json.dumps(self.to_dict(), indent=1).encode())
 
 
+def default_file_mode() -> int:
+    """0o666 minus the process umask: what ``open()`` would give (mkstemp's files are 0600, which
+    would hide a store from its other readers)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temporary file in the same directory, fsync, rename, fsync the directory."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -8,11 +8,14 @@ between nodes and there is exactly one writer of ``store.json``.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import os
 import tempfile
 import uuid
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,8 +25,8 @@ import numpy as np
 import zstandard
 
 from .. import __version__
-from .errors import StoreMismatchError
-from .format import CODEC, FORMAT_VERSION, MANIFEST_NAME, SHARD_PATTERN, Manifest, RecordLayout, ShardInfo, StoreMeta, fsync_dir
+from .errors import StoreError, StoreMismatchError
+from .format import CODEC, FORMAT_VERSION, MANIFEST_NAME, SHARD_PATTERN, Manifest, RecordLayout, ShardInfo, StoreMeta, default_file_mode, fsync_dir
 
 ZSTD_LEVEL = 9
 """Compression level of per-image records (see benchmarks/storage for the measurements)."""
@@ -95,6 +98,36 @@ def open_for_writing(directory: "str | Path", meta: StoreMeta, overwrite: bool =
     return manifest
 
 
+LOCK_NAME = ".lock"
+
+
+@contextmanager
+def store_lock(directory: "str | Path") -> Iterator[None]:
+    """Hold an exclusive lock on ``STORE/.lock`` while writing a store, so two writers never
+    interleave shards and manifests; then clear the temporary files a killed writer left behind
+    (only a lock holder can know they are stale). The lock is released when the process dies."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK_NAME, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise StoreError(directory, f"is being written by {holder}; wait for it to finish or stop it") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {os.uname().nodename}")
+        handle.flush()
+        for stale in directory.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+
+
 def remove_store(directory: Path) -> None:
     """Delete a store's manifest and shard files (nothing else in the directory)."""
     (directory / MANIFEST_NAME).unlink(missing_ok=True)
@@ -119,6 +152,7 @@ def write_shard(directory: "str | Path", meta: StoreMeta, shard: int, data: Shar
     blob = np.frombuffer(b"".join(data.records), dtype=np.uint8)
     crc = np.fromiter((zlib.crc32(r) for r in data.records), dtype=np.uint32, count=len(data.records))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    os.fchmod(fd, default_file_mode())
     os.close(fd)
     try:
         with h5py.File(tmp, "w", libver="latest") as f:
@@ -169,4 +203,4 @@ def copy_meta(meta: StoreMeta, **changes) -> StoreMeta:
     return new_meta(**settings)
 
 
-__all__ = ["ShardData", "compress_records", "copy_meta", "file_sha256", "new_meta", "open_for_writing", "remove_store", "write_shard"]
+__all__ = ["ShardData", "compress_records", "copy_meta", "file_sha256", "new_meta", "open_for_writing", "remove_store", "store_lock", "write_shard"]
