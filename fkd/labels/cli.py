@@ -1,0 +1,195 @@
+"""``fkd-labels``: the command line over the label-store tools (one subcommand per module).
+
+Exit status: 0 success; 1 a damaged or incomplete store (``verify`` found problems, or a store could
+not be read); 2 a request to change (bad arguments, an impossible conversion, mismatched stores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from fkd.quantize import SCHEMES
+from fkd.store import LabelStore, StoreError
+
+from .convert import convert_store
+from .errors import LabelsError
+from .import_fkd import DEFAULT_SHARD_SIZE, FKD_CROP_SCALE, FKD_INPUT_SIZE, import_fkd
+from .info import format_info, store_info
+from .merge import merge_stores
+from .subset import SUBSET_HELP, SubsetSpec, parse_subset
+from .verify import drop_bad_shards, format_report, verify_store
+
+PROG = "fkd-labels"
+
+
+def subset_arg(text: str) -> SubsetSpec:
+    try:
+        return parse_subset(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Inspect, verify, show, convert, import and merge FKD label stores (made by fkd-labelgen).",
+        epilog="exit status: 0 ok, 1 damaged/incomplete store, 2 bad request. 'fkd-labels COMMAND --help' explains each command.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("info", help="what a store holds: metadata, counts, size, bytes per crop, completeness",
+                            description="Summarize a store from its manifest (instant, works on incomplete stores).")
+    p.add_argument("store", help="label store directory (holds store.json)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
+    p.add_argument("--subset", type=subset_arg, metavar="SPEC", help="also count the images this selects (needs a complete store): " + SUBSET_HELP)
+
+    p = commands.add_parser("verify", help="check every shard: checksum, counts, decodability",
+                            description="Read and decode every record; report each shard that is unfinished, missing or corrupt. "
+                            "Exit status 1 if anything is wrong.")
+    p.add_argument("store", help="label store directory")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.add_argument("--repair-plan", action="store_true", help="also list the shards fkd-labelgen must redo, and how")
+    p.add_argument("--repair", action="store_true",
+                   help="drop missing/corrupt shards from the manifest and delete their files and leftover temporary files, "
+                   "so that rerunning fkd-labelgen with the same arguments regenerates them (do not run while fkd-labelgen writes)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = commands.add_parser("show", help="draw an image with its stored crops and their top-K labels to a PNG",
+                            description="Draw the image with its first N crop boxes (dashed = flipped) and, for a few crops, "
+                            "the crop as the teacher saw it beside a bar chart of its soft label.")
+    p.add_argument("store", help="label store directory")
+    p.add_argument("--image", required=True, help="image id (path relative to the data root, as stored) or store index")
+    p.add_argument("--data", required=True, help="the image data the store was made from (ImageFolder directory or list file)")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--boxes", type=positive_int, default=16, metavar="N", help="number of crop boxes to draw (the first N; default 16)")
+    p.add_argument("--crops", type=int, default=4, metavar="N", help="number of crops shown with their labels (default 4)")
+
+    p = commands.add_parser("convert", help="re-quantize a store without the teacher (and/or take a subset, re-shard)",
+                            description="Write a new store with another scheme / top-K, where the source keeps enough "
+                            "information (full -> anything; top-K -> marginal with K' <= K, smoothing, hardening; "
+                            "hardening -> hardening). Boxes, flips and ids are kept.")
+    p.add_argument("store", help="source label store")
+    p.add_argument("--scheme", choices=SCHEMES, help="target scheme (default: the source's)")
+    p.add_argument("--top-k", type=positive_int, metavar="K", help="target K for the marginal schemes (default: the source's K, or 5)")
+    p.add_argument("--out", required=True, help="directory for the new store")
+    p.add_argument("--subset", type=subset_arg, metavar="SPEC", help="keep only some images: " + SUBSET_HELP)
+    p.add_argument("--shard-size", type=positive_int, metavar="N", help="images per shard of the new store (default: the source's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
+
+    p = commands.add_parser("import-fkd", help="import soft labels written by the official FKD code",
+                            description="Read the official FKD generator's one-file-per-image soft labels (SAVE_PATH/.../NAME.tar) "
+                            "into a label store. The images are needed for their sizes (boxes become pixels).")
+    p.add_argument("dir", help="the FKD --save_path (or the trainer's --softlabel_path)")
+    p.add_argument("--data", required=True, help="the images the labels were generated for (ImageFolder directory, e.g. "
+                   "imagenet/train, or a list file)")
+    p.add_argument("--out", required=True, help="directory for the new store")
+    p.add_argument("--num-classes", type=positive_int, metavar="C", help="number of teacher classes (default: the data's class folders)")
+    p.add_argument("--scheme", choices=SCHEMES, help="how to decode the labels: FKD's marginal files import as "
+                   "marginal-smoothing (default) or marginal-renorm; hard and smoothing files as themselves")
+    p.add_argument("--shard-size", type=positive_int, default=DEFAULT_SHARD_SIZE, metavar="N", help=f"images per shard (default {DEFAULT_SHARD_SIZE})")
+    p.add_argument("--teacher", default="unknown teacher (official FKD soft labels)", help="teacher name to record in the metadata")
+    p.add_argument("--input-size", type=positive_int, default=FKD_INPUT_SIZE, metavar="PX",
+                   help=f"the teacher's input size in the FKD run (default {FKD_INPUT_SIZE}, as their released labels)")
+    p.add_argument("--crop-scale", type=float, nargs=2, default=FKD_CROP_SCALE, metavar=("MIN", "MAX"),
+                   help=f"their --min_scale_crops/--max_scale_crops (default {FKD_CROP_SCALE[0]} {FKD_CROP_SCALE[1]})")
+    p.add_argument("--temperature", type=float, default=1.0, help="their --temp (default 1.0)")
+    p.add_argument("--skip-missing", action="store_true", help="import the images that have a label file, leave out the others "
+                   "(recorded in the metadata); default: refuse")
+    p.add_argument("--workers", type=positive_int, default=None, metavar="N", help="processes reading files (default: up to 8)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
+
+    p = commands.add_parser("merge", help="join stores generated in parts (same settings, disjoint images)",
+                            description="Join stores made with the same settings over disjoint images, in the given order.")
+    p.add_argument("stores", nargs="+", help="the parts (two or more)")
+    p.add_argument("--out", required=True, help="directory for the merged store")
+    p.add_argument("--shard-size", type=positive_int, metavar="N", help="images per shard (default: the first part's)")
+    p.add_argument("--subset", type=subset_arg, metavar="SPEC", help="keep only some images of each part: " + SUBSET_HELP)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
+    return parser
+
+
+def run_info(args: argparse.Namespace) -> int:
+    info = store_info(args.store, args.subset)
+    print(json.dumps(info.to_dict(), indent=1) if args.json else format_info(info))
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    report = verify_store(args.store, progress=not args.quiet and not args.json)
+    print(json.dumps(report.to_dict(), indent=1) if args.json else format_report(report, args.repair_plan))
+    if args.repair and (report.redo or report.temp_files):
+        deleted = drop_bad_shards(args.store, report)
+        print(f"repair: the manifest now lacks shards {report.redo}; deleted {deleted or 'no files'}; "
+              "rerun fkd-labelgen with the same arguments to regenerate them", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from .show import render  # matplotlib is only imported by the command that draws
+
+    with LabelStore(args.store) as store:
+        out = render(store, args.image, args.data, args.out, args.boxes, args.crops)
+    print(f"wrote {out}")
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    scheme = args.scheme or LabelStore(args.store).meta.scheme
+    manifest = convert_store(args.store, args.out, scheme, args.top_k, args.subset, args.shard_size, args.overwrite)
+    meta = manifest.meta
+    print(f"wrote {args.out}: {meta.num_images} images, scheme {meta.scheme}, K={meta.top_k}, {meta.num_shards} shards")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    extra = {"workers": args.workers} if args.workers is not None else {}
+    manifest = import_fkd(
+        args.dir, args.data, args.out, num_classes=args.num_classes, scheme=args.scheme, shard_size=args.shard_size,
+        teacher=args.teacher, input_size=args.input_size, crop_scale=tuple(args.crop_scale), temperature=args.temperature,
+        skip_missing=args.skip_missing, overwrite=args.overwrite, **extra,
+    )
+    meta = manifest.meta
+    print(f"wrote {args.out}: {meta.num_images} images x {meta.num_crops} crops, scheme {meta.scheme}, K={meta.top_k}, "
+          f"{meta.num_classes} classes, {len(meta.bad_images)} images without labels left out")
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    manifest = merge_stores(args.stores, args.out, args.shard_size, args.subset, args.overwrite)
+    print(f"wrote {args.out}: {manifest.meta.num_images} images from {len(args.stores)} stores, {manifest.meta.num_shards} shards")
+    return 0
+
+
+COMMANDS = {"info": run_info, "verify": run_verify, "show": run_show, "convert": run_convert, "import-fkd": run_import, "merge": run_merge}
+
+
+def main(argv: "Sequence[str] | None" = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except LabelsError as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except StoreError as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""``fkd-labels convert``: re-quantize a store without the teacher, where the source holds enough.
+
+What each source keeps decides what it can become (C classes, stored K):
+
+- ``full`` (all C probabilities): anything; the new payload is ``quantize.encode`` of the stored
+  probabilities, exactly what fkd-labelgen would have stored from them.
+- a top-K payload (``marginal-*`` with K, or ``smoothing`` = top-1 with its probability):
+  ``marginal-*`` with K' <= K (the K' largest stored probabilities), ``smoothing`` (p_max is the
+  top-1 value), ``hardening``; ``full`` only when K = C. The two marginal schemes store the same
+  payload, so converting between them with the same K only changes how it is decoded.
+- ``hardening`` (the top-1 class only): only ``hardening``.
+
+Anything else is refused with what the source lacks. Boxes, flips, image ids, labels and sizes are
+copied; the new store gets a new store id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fkd import quantize
+from fkd.quantize import Scheme, stored_top_k
+from fkd.store import ImageLabels, LabelStore, Manifest, StoreMeta, copy_meta
+
+from .builder import image_list_fingerprint, iter_records, prepare_output, write_store
+from .errors import LabelsError
+from .subset import SubsetSpec, select
+
+DEFAULT_TOP_K = 5
+MARGINAL = (Scheme.MARGINAL_SMOOTHING, Scheme.MARGINAL_RENORM)
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """A checked conversion: source scheme and stored K to target scheme and stored K."""
+
+    source: Scheme
+    source_k: int
+    target: Scheme
+    target_k: int
+    num_classes: int
+
+    def convert(self, record: ImageLabels) -> ImageLabels:
+        """The record with its payload re-quantized (boxes, flips and ids unchanged)."""
+        if self.source is Scheme.FULL:
+            payload = quantize.encode(record.values.astype(np.float32), self.target, self.target_k)
+            indices, values = payload.indices, payload.values
+        elif self.source is Scheme.HARDENING:
+            indices, values = record.indices, None
+        else:
+            indices, values = self._from_top_k(record.indices, record.values)
+        return ImageLabels(
+            record.index, record.image_id, record.label, record.height, record.width, record.boxes_fixed, record.flips,
+            indices, values,
+        )
+
+    def _from_top_k(self, indices: np.ndarray, values: np.ndarray) -> "tuple[np.ndarray | None, np.ndarray | None]":
+        if self.target is Scheme.FULL:  # K == C: the payload holds every class
+            dense = np.zeros((len(indices), self.num_classes), dtype=np.float16)
+            np.put_along_axis(dense, indices.astype(np.int64), values, axis=1)
+            return None, dense
+        # Rank by stored value; stable, so the writer's order (already descending, ties to the
+        # lower class) is kept and the first K' columns are what encode() would have kept.
+        order = np.argsort(-values.astype(np.float32), axis=1, kind="stable")
+        keep = 1 if self.target in (Scheme.HARDENING, Scheme.SMOOTHING) else self.target_k
+        ranked_indices = np.take_along_axis(indices, order[:, :keep], axis=1)
+        ranked_values = np.take_along_axis(values, order[:, :keep], axis=1)
+        return ranked_indices, None if self.target is Scheme.HARDENING else ranked_values
+
+
+def plan_conversion(meta: StoreMeta, scheme: "str | Scheme", top_k: "int | None" = None) -> Conversion:
+    """Check that a store with ``meta`` holds enough to become ``scheme`` with ``top_k``
+    (None: the source's K for a top-K source, else 5); LabelsError says what is missing."""
+    source, target = Scheme.parse(meta.scheme), Scheme.parse(scheme)
+    classes = meta.num_classes
+    source_k = stored_top_k(source, meta.top_k, classes)
+    if top_k is None:
+        top_k = source_k if source in MARGINAL else DEFAULT_TOP_K
+    if top_k < 1:
+        raise LabelsError(f"--top-k must be >= 1, got {top_k}")
+    target_k = stored_top_k(target, top_k, classes)
+    conversion = Conversion(source, source_k, target, target_k, classes)
+    what = f"cannot convert {source.value} (K={source_k}) to {target.value}" + (f" with K={target_k}" if target in MARGINAL else "")
+    if source is Scheme.FULL or target is Scheme.HARDENING:
+        return conversion
+    if source is Scheme.HARDENING:
+        raise LabelsError(f"{what}: a hardening store keeps only each crop's top-1 class, no probabilities; it converts only to hardening")
+    if target is Scheme.FULL:
+        if source_k == classes:
+            return conversion
+        raise LabelsError(
+            f"{what}: full needs all {classes} class probabilities per crop, the source keeps only the top {source_k}; "
+            "regenerate with fkd-labelgen --scheme full"
+        )
+    if target in MARGINAL and target_k > source_k:
+        raise LabelsError(
+            f"{what}: the source keeps only the top {source_k} probabilities per crop; choose --top-k <= {source_k} "
+            f"or regenerate with fkd-labelgen --top-k {target_k}"
+        )
+    return conversion
+
+
+def convert_store(
+    source: "str | Path",
+    out: "str | Path",
+    scheme: "str | Scheme",
+    top_k: "int | None" = None,
+    subset: "SubsetSpec | None" = None,
+    shard_size: "int | None" = None,
+    overwrite: bool = False,
+) -> Manifest:
+    """Write ``out``: the (subset of the) store ``source`` re-quantized to ``scheme``/``top_k``."""
+    store = LabelStore(source)
+    conversion = plan_conversion(store.meta, scheme, top_k)
+    prepare_output(out, overwrite, [source])
+    indices = select(store, subset) if subset is not None else np.arange(len(store))
+    changes: dict = {"scheme": conversion.target.value, "top_k": conversion.target_k, "num_images": len(indices)}
+    if shard_size is not None:
+        changes["shard_size"] = shard_size
+    if subset is not None:
+        ids = store.image_ids
+        changes["data_fingerprint"] = image_list_fingerprint([ids[i] for i in indices], store.labels[indices])
+    meta = copy_meta(store.meta, **changes)
+    records = (conversion.convert(r) for r in iter_records(store, indices))
+    return write_store(out, meta, records, desc=f"converting to {conversion.target.value}")

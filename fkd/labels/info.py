@@ -1,0 +1,144 @@
+"""``fkd-labels info``: what a store holds and what it costs, from its manifest alone.
+
+Reading only ``store.json`` (plus file sizes) keeps ``info`` instant on a store of any size and usable
+on incomplete or damaged stores; ``verify`` is the command that reads the shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fkd.quantize import stored_top_k
+from fkd.store import MANIFEST_NAME, LabelStore, Manifest
+
+from .subset import StoreSubset, SubsetSpec
+
+
+@dataclass
+class StoreInfo:
+    """The facts ``info`` reports (``--json`` prints exactly these fields)."""
+
+    path: str
+    store_id: str
+    created: str
+    tool_version: str
+    format_version: int
+    scheme: str
+    top_k: int  # the K the records hold (1 for hardening/smoothing, C for full)
+    num_classes: int
+    class_names: list[str]
+    num_images: int
+    num_crops: int  # M, crops per image
+    total_crops: int
+    shards_total: int
+    shards_done: int
+    missing_shards: list[int]
+    complete: bool
+    images_done: int  # images in finished shards
+    shard_bytes: int  # finished shards, as the manifest recorded them
+    disk_bytes: int  # manifest + shard files present in the directory
+    bytes_per_crop: float | None  # shard_bytes / (images_done * M)
+    raw_bytes_per_crop: float  # uncompressed record bytes per crop
+    teachers: list[dict[str, Any]]
+    temperature: float
+    input_size: list[int]
+    interpolation: str
+    crop_scale: list[float]
+    crop_ratio: list[float]
+    flip_prob: float
+    seed: int
+    bad_images: int
+    subset: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def store_info(path: "str | Path", subset: "SubsetSpec | None" = None) -> StoreInfo:
+    """Collect ``StoreInfo`` for the store at ``path`` (with ``subset``: also the selected images)."""
+    path = Path(path)
+    manifest = Manifest.load(path)
+    meta = manifest.meta
+    layout = meta.record_layout()
+    images_done = sum(info.count for info in manifest.shards.values())
+    shard_bytes = sum(info.bytes for info in manifest.shards.values())
+    disk = (path / MANIFEST_NAME).stat().st_size + sum(p.stat().st_size for p in path.glob("shard-*.h5") if p.is_file())
+    info = StoreInfo(
+        path=str(path),
+        store_id=meta.store_id,
+        created=meta.created,
+        tool_version=meta.tool_version,
+        format_version=meta.format_version,
+        scheme=meta.scheme,
+        top_k=stored_top_k(meta.scheme, meta.top_k, meta.num_classes),
+        num_classes=meta.num_classes,
+        class_names=list(meta.class_names),
+        num_images=meta.num_images,
+        num_crops=meta.num_crops,
+        total_crops=meta.num_images * meta.num_crops,
+        shards_total=meta.num_shards,
+        shards_done=len(manifest.shards),
+        missing_shards=manifest.missing_shards(),
+        complete=manifest.complete,
+        images_done=images_done,
+        shard_bytes=shard_bytes,
+        disk_bytes=disk,
+        bytes_per_crop=shard_bytes / (images_done * meta.num_crops) if images_done else None,
+        raw_bytes_per_crop=layout.raw_size / meta.num_crops,
+        teachers=list(meta.teachers),
+        temperature=meta.temperature,
+        input_size=list(meta.input_size),
+        interpolation=meta.interpolation,
+        crop_scale=list(meta.crop_scale),
+        crop_ratio=list(meta.crop_ratio),
+        flip_prob=meta.flip_prob,
+        seed=meta.seed,
+        bad_images=len(meta.bad_images),
+    )
+    if subset is not None:
+        with LabelStore(path, allow_incomplete=True) as store:
+            view = StoreSubset.from_spec(store, subset)
+            labels = view.labels
+            per_class = {meta.class_names[c]: int((labels == c).sum()) for c in sorted(set(labels.tolist())) if c >= 0}
+            info.subset = {"spec": subset.describe(), "images": len(view), "crops": len(view) * meta.num_crops, "per_class": per_class}
+    return info
+
+
+def format_info(info: StoreInfo) -> str:
+    """The human-readable report."""
+
+    def size(n: float) -> str:
+        for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+            if n < 1024 or unit == "TiB":
+                return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+            n /= 1024
+        raise AssertionError("unreachable")
+
+    names = ", ".join(info.class_names[:10]) + (f", ... ({info.num_classes} in all)" if info.num_classes > 10 else "")
+    state = "complete" if info.complete else f"INCOMPLETE: {len(info.missing_shards)} shards missing (first: {info.missing_shards[:10]})"
+    per_crop = f"{info.bytes_per_crop:.1f} B" if info.bytes_per_crop is not None else "n/a (no finished shard)"
+    lines = [
+        f"store:        {info.path}",
+        f"id:           {info.store_id} (created {info.created}, fkd {info.tool_version}, format v{info.format_version})",
+        f"status:       {state}",
+        f"scheme:       {info.scheme}, K={info.top_k}",
+        f"classes:      {info.num_classes} ({names})",
+        f"images:       {info.num_images} ({info.images_done} in finished shards, {info.bad_images} bad images left out)",
+        f"crops:        {info.num_crops} per image, {info.total_crops} in all",
+        f"shards:       {info.shards_done} of {info.shards_total} finished",
+        f"size on disk: {size(info.disk_bytes)} (shards {size(info.shard_bytes)})",
+        f"per crop:     {per_crop} stored, {info.raw_bytes_per_crop:.1f} B uncompressed",
+        f"crop params:  scale {tuple(info.crop_scale)}, ratio {tuple(round(r, 4) for r in info.crop_ratio)}, "
+        f"flip p={info.flip_prob}, seed {info.seed}",
+        f"teacher view: {info.input_size[0]}x{info.input_size[1]} {info.interpolation}, temperature {info.temperature}",
+    ]
+    for i, teacher in enumerate(info.teachers):
+        described = ", ".join(f"{k}={v}" for k, v in teacher.items() if k in ("name", "checkpoint", "module", "sha256") and v)
+        lines.append(f"teacher {i}:    {described or teacher}")
+    if info.subset is not None:
+        lines.append(f"subset:       {info.subset['spec']}: {info.subset['images']} images, {info.subset['crops']} crops")
+        lines.extend(f"  {name}: {count}" for name, count in info.subset["per_class"].items())
+    return "\n".join(lines)

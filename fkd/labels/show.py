@@ -1,0 +1,132 @@
+"""``fkd-labels show``: draw one image's stored crops and what the teacher said about them.
+
+Left: the image with its first N crop boxes (dashed where the crop is flipped). Right, for the first
+few of those crops: the crop as the teacher saw it (replayed from the store with ``fkd.crops``, at
+the teacher's input size and interpolation, flip applied) beside a bar chart of its decoded soft
+label's top classes, named. A wrong box, a flipped flip or a label that does not match the crop is
+obvious at a glance, which no table of numbers makes it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display; must precede pyplot's import
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from fkd import quantize  # noqa: E402
+from fkd.crops import fixed_to_boxes, replay_fixed  # noqa: E402
+from fkd.images import load_image  # noqa: E402
+from fkd.store import ImageLabels, LabelStore, StoreMeta  # noqa: E402
+
+from .errors import LabelsError  # noqa: E402
+
+MAX_BARS = 10
+
+
+def find_image(store: LabelStore, image: str) -> int:
+    """Store index of ``image``: an image id, or an integer index into the store."""
+    ids = store.image_ids
+    if image in ids:
+        return ids.index(image)
+    if image.isdigit():
+        if int(image) < len(ids):
+            return int(image)
+        raise LabelsError(f"image index {image} is out of range: the store holds {len(ids)} images")
+    close = [i for i in ids if Path(i).name == Path(image).name][:3]
+    hint = f"; did you mean {close}?" if close else "; image ids are paths relative to the data root, e.g. " + repr(ids[0])
+    raise LabelsError(f"image {image!r} is not in the store{hint}")
+
+
+def image_file(data: "str | Path", image_id: str) -> Path:
+    """The image's file: ids are relative to the data root (an ImageFolder directory, or the folder
+    of a list file)."""
+    data = Path(data)
+    root = data if data.is_dir() else data.parent
+    path = root / image_id
+    if not path.is_file():
+        raise LabelsError(f"image file {path} not found; pass the --data the store was generated from")
+    return path
+
+
+def decoded_labels(record: ImageLabels, scheme: str, num_classes: int) -> torch.Tensor:
+    """(M, C) dense soft labels of a record, as training decodes them."""
+    indices = None if record.indices is None else torch.from_numpy(record.indices.astype(np.int64))
+    values = None if record.values is None else torch.from_numpy(record.values.astype(np.float32))
+    return quantize.decode(indices, values, scheme, num_classes)
+
+
+def render(
+    store: LabelStore,
+    image: str,
+    data: "str | Path",
+    out: "str | Path",
+    num_boxes: int = 16,
+    num_crops: int = 4,
+) -> Path:
+    """Draw image ``image`` (id or index) of ``store``, whose pixels are under ``data``, to the PNG ``out``."""
+    if num_boxes < 1 or num_crops < 0:
+        raise LabelsError(f"--boxes must be >= 1 and --crops >= 0, got {num_boxes} and {num_crops}")
+    record = store.read(find_image(store, image))
+    fig = draw(store.meta, record, load_image(image_file(data, record.image_id)), num_boxes, num_crops)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def draw(meta: StoreMeta, record: ImageLabels, pixels: torch.Tensor, num_boxes: int, num_crops: int) -> Figure:
+    """The figure for one record over its image ``pixels`` (3, H, W) uint8."""
+    height, width = pixels.shape[-2:]
+    shown = min(num_boxes, meta.num_crops)
+    detailed = min(num_crops, shown)
+    boxes = fixed_to_boxes(record.boxes_fixed[:shown], height, width)
+    labels = decoded_labels(record, meta.scheme, meta.num_classes)
+    bars = min(meta.num_classes, MAX_BARS, max(5, quantize.stored_top_k(meta.scheme, meta.top_k, meta.num_classes)))
+
+    rows = max(detailed, 1)
+    fig = plt.figure(figsize=(13, max(4.5, 2.3 * rows)), layout="constrained")
+    grid = fig.add_gridspec(rows, 3, width_ratios=[2.4, 1, 1.8])
+    ax = fig.add_subplot(grid[:, 0])
+    ax.imshow(pixels.permute(1, 2, 0).numpy())
+    colors = plt.get_cmap("tab10").colors
+    for n, (top, left, h, w) in enumerate(boxes):
+        flipped = bool(record.flips[n])
+        ax.add_patch(Rectangle((left - 0.5, top - 0.5), w, h, fill=False, lw=2 if n < detailed else 1,
+                               ls="--" if flipped else "-", color=colors[n % len(colors)]))
+        if n < detailed:
+            ax.text(left, top, f" {n}", color="white", fontsize=10, va="top", fontweight="bold",
+                    bbox={"facecolor": colors[n % len(colors)], "alpha": 0.8, "pad": 1, "lw": 0})
+    truth = meta.class_names[record.label] if 0 <= record.label < meta.num_classes else "unknown"
+    title = f"{record.image_id}  (class: {truth})\nfirst {shown} of {meta.num_crops} crops; dashed = flipped"
+    if (height, width) != (record.height, record.width):
+        title += f"\nimage is {height}x{width}, the crops were drawn on {record.height}x{record.width}: boxes rescaled"
+    ax.set_title(title, fontsize=10)
+    ax.axis("off")
+
+    if detailed:
+        crops = replay_fixed(pixels, record.boxes_fixed[:detailed], record.flips[:detailed], tuple(meta.input_size), meta.interpolation)
+    for n in range(detailed):
+        crop_ax = fig.add_subplot(grid[n, 1])
+        crop_ax.imshow(crops[n].permute(1, 2, 0).numpy())
+        crop_ax.set_title(f"crop {n}" + (" (flipped)" if record.flips[n] else ""), fontsize=9, color=colors[n % len(colors)])
+        crop_ax.axis("off")
+        probs, classes = labels[n].topk(bars)
+        bar_ax = fig.add_subplot(grid[n, 2])
+        names = [meta.class_names[c] for c in classes.tolist()]
+        bar_ax.barh(range(bars), probs.numpy(), color=colors[n % len(colors)])
+        bar_ax.set_yticks(range(bars), labels=names, fontsize=8)
+        bar_ax.invert_yaxis()
+        bar_ax.set_xlim(0, 1)
+        bar_ax.tick_params(axis="x", labelsize=8)
+        for y, p in enumerate(probs.tolist()):
+            bar_ax.text(min(p, 0.8) + 0.01, y, f"{p:.3f}", va="center", fontsize=7)
+        bar_ax.set_title(f"{meta.scheme} top-{bars}", fontsize=9)
+    return fig
