@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from fkd.config import save_args
 from fkd.images import list_images
-from fkd.store import Manifest, StoreMeta, StoreMismatchError, open_for_writing, remove_store, store_lock, write_shard
+from fkd.store import Manifest, StoreMeta, StoreMismatchError, open_for_writing, remove_store, shard_file_problem, store_lock, write_shard
 
 from .errors import BadImage, BadImagesError, InputError
 from .messages import ImageRef, LabelSettings, ShardTask
@@ -182,6 +182,7 @@ def run(config: RunConfig, log: Callable[[str], None] = _stderr) -> Summary:
                 if config.args is not None:
                     # Never --overwrite from a saved file: `-c labelgen-args.yaml` must resume, not delete.
                     save_args(argparse.Namespace(**{**vars(config.args), "overwrite": False}), config.out / ARGS_FILE)
+                drop_damaged_shards(manifest, config.out, log)
                 tasks = pending_shards(manifest, kept)
                 log(f"fkd-labelgen: teacher on {teacher.device}, input {teacher.input_size}; "
                     f"{manifest.meta.num_shards} shards, {manifest.meta.num_shards - len(tasks)} already done")
@@ -213,6 +214,17 @@ def open_store(config: RunConfig, meta: StoreMeta) -> Manifest:
         remove_store(config.out)
         manifest = open_for_writing(config.out, meta)
     return manifest
+
+
+def drop_damaged_shards(manifest: Manifest, out: Path, log: Callable[[str], None]) -> None:
+    """Resume trusts no file blindly: a finished shard that is now missing, truncated, altered or
+    replaced (size and sha256 against the manifest) is dropped from the manifest and labelled again."""
+    damaged = {i: problem for i, info in sorted(manifest.shards.items()) if (problem := shard_file_problem(out, info))}
+    for shard, problem in damaged.items():
+        log(f"fkd-labelgen: {manifest.shards[shard].file}: {problem}; labelling shard {shard} again")
+        del manifest.shards[shard]
+    if damaged:
+        manifest.save(out)
 
 
 def check_images(pool: WorkerPool, refs: list[ImageRef], progress: bool) -> list[BadImage]:

@@ -237,3 +237,23 @@ def test_skip_bad_leaves_bad_images_out_and_records_them(assets, baseline, data_
     with LabelStore(out) as store:
         assert [b["image_id"] for b in store.meta.bad_images] == ["c0/img001.jpg", "c2/truncated.jpg"]
         assert "c1/broken.jpg" in store.image_ids and "c0/img001.jpg" not in store.image_ids
+
+
+def test_rerun_relabels_shards_damaged_after_they_were_finished(assets, baseline, tmp_path, capsys):
+    out = tmp_path / "store"
+    shutil.copytree(baseline, out)
+    (out / "shard-00000.h5").unlink()
+    truncated = out / "shard-00001.h5"
+    truncated.write_bytes(truncated.read_bytes()[:-50])
+    flipped = bytearray((out / "shard-00002.h5").read_bytes())
+    flipped[len(flipped) // 2] ^= 0x40
+    (out / "shard-00002.h5").write_bytes(bytes(flipped))
+
+    assert main(argv(assets, out)) == 0
+
+    captured = capsys.readouterr()
+    assert "shard-00000.h5: shard file is missing; labelling shard 0 again" in captured.err
+    assert "shard-00001.h5: shard is truncated" in captured.err
+    assert "shard-00002.h5: checksum mismatch: sha256" in captured.err
+    assert "3 shards (3 written, 0 already done)" in captured.out
+    assert_same_store(baseline, out)

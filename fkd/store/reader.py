@@ -1,7 +1,11 @@
 """Reading label stores: random access by image index, safe in DataLoader workers.
 
-HDF5 handles are opened lazily, per process (a fork or a pickle drops them), read-only and without
-file locks. Each shard is checked when first opened (present, the size and sha256 the manifest
+A shard is opened once per process, read-only and without file locks, to check it and load its
+small per-image index (offsets, checksums, ids, labels, sizes); the HDF5 file is closed again right
+away. Records are then read with one ``pread`` at the records dataset's file offset (it is stored
+contiguous and unfiltered): no HDF5 handle stays open, so forking DataLoader workers is safe, a store
+of thousands of shards never runs out of file descriptors, and a read costs one system call instead
+of an HDF5 selection. Each shard is checked when first opened (present, the size and sha256 the manifest
 recorded, a readable HDF5 file of this store and format version, consistent offsets), and every
 record is checked against its CRC32 and exact decompressed size when decoded, so damage surfaces as a
 ``StoreError`` naming the file, never as wrong labels.
@@ -26,7 +30,7 @@ import zstandard
 
 from .errors import StoreCorruptError, StoreError, StoreIncompleteError
 from .format import FORMAT_VERSION, Manifest, RecordLayout, StoreMeta
-from .writer import file_sha256
+from .writer import shard_file_problem
 
 
 @dataclass
@@ -45,9 +49,11 @@ class ImageLabels:
 
 
 @dataclass
-class _OpenShard:
-    file: h5py.File
-    records: h5py.Dataset
+class _ShardIndex:
+    """What a shard's records are found and checked with; loaded once per shard and process."""
+
+    path: Path
+    records_offset: int
     offsets: np.ndarray
     crc32: np.ndarray
     labels: np.ndarray
@@ -75,8 +81,7 @@ class LabelStore:
                 f"(first: {missing[:5]}); rerun fkd-labelgen with the same arguments to finish it",
             )
         self.layout: RecordLayout = self.meta.record_layout()
-        self._pid = os.getpid()
-        self._shards: dict[int, _OpenShard] = {}
+        self._shards: dict[int, _ShardIndex] = {}
         self._image_ids: list[str] | None = None
 
     @property
@@ -86,21 +91,10 @@ class LabelStore:
     def __len__(self) -> int:
         return self.meta.num_images
 
-    # Pickling / fork safety -----------------------------------------------------------------
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_shards"] = {}
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._pid = os.getpid()
-
     def close(self) -> None:
-        for shard in self._shards.values():
-            shard.file.close()
+        """Forget the loaded shard indexes (they are reloaded, and rechecked, on the next read)."""
         self._shards.clear()
+        self._image_ids = None
 
     def __enter__(self) -> "LabelStore":
         return self
@@ -110,36 +104,25 @@ class LabelStore:
 
     # Shards ---------------------------------------------------------------------------------
 
-    def shard_path(self, shard: int) -> Path:
-        return self.path / self.manifest.shards[shard].file
-
-    def _shard(self, shard: int) -> _OpenShard:
-        if os.getpid() != self._pid:
-            # Forked child: the parent's HDF5 handles must not be used (or closed) here.
-            self._shards = {}
-            self._pid = os.getpid()
+    def _shard(self, shard: int) -> _ShardIndex:
         opened = self._shards.get(shard)
         if opened is None:
             opened = self._shards[shard] = self._open_shard(shard)
         return opened
 
-    def _open_shard(self, shard: int) -> _OpenShard:
+    def _open_shard(self, shard: int) -> _ShardIndex:
         info = self.manifest.shards.get(shard)
         if info is None:
             raise StoreIncompleteError(self.path, f"shard {shard} is not finished")
         path = self.path / info.file
-        if not path.is_file():
-            raise StoreCorruptError(path, "shard file is missing")
-        size = path.stat().st_size
-        if size != info.bytes:
-            kind = "is truncated" if size < info.bytes else "has the wrong size"
-            raise StoreCorruptError(path, f"shard {kind}: {size} bytes, the manifest recorded {info.bytes}")
+        problem = shard_file_problem(self.path, info, checksum=self.verify_checksums)
+        if problem is not None:
+            raise StoreCorruptError(path, problem)
+        size = info.bytes
         if info.count * MIN_BYTES_PER_IMAGE > size:
             # The per-image arrays are stored uncompressed, so they fit in the file: this bounds what
             # a hostile shard (declaring huge datasets) can make us allocate by the file's real size.
             raise StoreCorruptError(path, f"a shard of {size} bytes cannot hold the {info.count} images the manifest claims")
-        if self.verify_checksums:
-            self.verify_shard_checksum(shard)
         try:
             f = h5py.File(path, "r", locking=False)
         except Exception as exc:  # h5py raises OSError subclasses with HDF5's message
@@ -158,8 +141,11 @@ class LabelStore:
             labels = _read_array(f, "labels", (n,), np.int32, path)
             sizes = _read_array(f, "sizes", (n, 2), np.uint32, path)
             records = f["records"]
-            if records.ndim != 1 or records.dtype != np.uint8:
-                raise StoreCorruptError(path, "records dataset has the wrong type")
+            if records.ndim != 1 or records.dtype != np.uint8 or records.chunks is not None or records.compression is not None:
+                raise StoreCorruptError(path, "records dataset must be a contiguous, unfiltered uint8 array")
+            records_offset = records.id.get_offset() if records.shape[0] else 0
+            if records_offset is None or records_offset + records.shape[0] > size:
+                raise StoreCorruptError(path, "records dataset lies outside the file")
             lengths = np.diff(offsets.astype(np.int64))
             if offsets[0] != 0 or np.any(lengths < 0) or int(offsets[-1]) != records.shape[0]:
                 raise StoreCorruptError(path, "record offsets are inconsistent with the records dataset")
@@ -170,13 +156,13 @@ class LabelStore:
             if not isinstance(ids, h5py.Dataset) or ids.shape != (n,) or ids.dtype.kind != "O":
                 raise StoreCorruptError(path, f"dataset 'image_ids' must hold {n} strings")
             image_ids = [s.decode() if isinstance(s, bytes) else str(s) for s in ids[...]]
-            return _OpenShard(f, records, offsets, crc, labels, sizes, image_ids)
+            return _ShardIndex(path, int(records_offset), offsets, crc, labels, sizes, image_ids)
         except StoreError:
-            f.close()
             raise
         except Exception as exc:
-            f.close()
             raise StoreCorruptError(path, f"unreadable shard structure: {exc}") from None
+        finally:
+            f.close()
 
     def shard_image_ids(self, shard: int) -> list[str]:
         """Open ``shard`` (running the structure checks above; StoreError if they fail) and return
@@ -184,17 +170,10 @@ class LabelStore:
         return self._shard(shard).image_ids
 
     def verify_shard_checksum(self, shard: int) -> None:
-        """Compare the shard file's sha256 with the manifest's (reads the whole file)."""
-        info = self.manifest.shards[shard]
-        path = self.path / info.file
-        if not path.is_file():
-            raise StoreCorruptError(path, "shard file is missing")
-        try:
-            digest = file_sha256(path)
-        except OSError as exc:  # permissions, too many open files, I/O errors: name the file
-            raise StoreCorruptError(path, f"cannot read shard: {exc.strerror or exc}") from None
-        if digest != info.sha256:
-            raise StoreCorruptError(path, f"checksum mismatch: sha256 {digest[:16]}..., the manifest recorded {info.sha256[:16]}...")
+        """Check the shard file's size and sha256 against the manifest (reads the whole file)."""
+        problem = shard_file_problem(self.path, self.manifest.shards[shard])
+        if problem is not None:
+            raise StoreCorruptError(self.path / self.manifest.shards[shard].file, problem)
 
     # Records --------------------------------------------------------------------------------
 
@@ -209,11 +188,15 @@ class LabelStore:
         shard_no, row = self.locate(index)
         shard = self._shard(shard_no)
         start, stop = int(shard.offsets[row]), int(shard.offsets[row + 1])
-        path = self.path / self.manifest.shards[shard_no].file
+        path = shard.path
         try:
-            blob = shard.records[start:stop].tobytes()
-        except Exception as exc:
-            raise StoreCorruptError(path, f"cannot read record {row}: {exc}") from None
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                blob = os.pread(fd, stop - start, shard.records_offset + start)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StoreCorruptError(path, f"cannot read record {row}: {exc.strerror or exc}") from None
         if zlib.crc32(blob) != int(shard.crc32[row]):
             raise StoreCorruptError(path, f"checksum mismatch in the record of image {index} (row {row})")
         expected = self.layout.raw_size
@@ -244,22 +227,26 @@ class LabelStore:
             self._image_ids = ids
         return self._image_ids
 
-    def _column(self, name: str) -> np.ndarray:
+    def _column(self, name: str, missing: np.ndarray) -> np.ndarray:
+        """A per-image column over all N images; ``missing`` (one row) fills unfinished shards."""
         parts = []
         for shard_no in range(self.meta.num_shards):
             if shard_no in self.manifest.shards:
-                parts.append(getattr(self._shard(shard_no), name))
-        return np.concatenate(parts) if parts else np.zeros((0,), dtype=np.int64)
+                parts.append(getattr(self._shard(shard_no), name).astype(np.int64))
+            else:
+                start, stop = self.meta.shard_range(shard_no)
+                parts.append(np.repeat(missing[None], stop - start, axis=0))
+        return np.concatenate(parts) if parts else np.zeros((0, *missing.shape), dtype=np.int64)
 
     @property
     def labels(self) -> np.ndarray:
-        """(N,) int64 ground-truth class per image, -1 where unknown."""
-        return self._column("labels").astype(np.int64)
+        """(N,) int64 ground-truth class per image, -1 where unknown (or in an unfinished shard)."""
+        return self._column("labels", np.array(-1))
 
     @property
     def image_sizes(self) -> np.ndarray:
-        """(N, 2) int64 original (height, width) per image."""
-        return self._column("sizes").astype(np.int64).reshape(-1, 2)
+        """(N, 2) int64 original (height, width) per image, (0, 0) in unfinished shards."""
+        return self._column("sizes", np.zeros(2, dtype=np.int64))
 
 
 MIN_BYTES_PER_IMAGE = 24

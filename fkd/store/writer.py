@@ -188,6 +188,26 @@ def write_shard(directory: "str | Path", meta: StoreMeta, shard: int, data: Shar
     return ShardInfo(index=shard, file=name, start=start, count=stop - start, bytes=size, sha256=digest)
 
 
+def shard_file_problem(directory: "str | Path", info: ShardInfo, checksum: bool = True) -> "str | None":
+    """Why a finished shard's file no longer matches its manifest entry (missing, wrong size, and
+    with ``checksum`` a sha256 mismatch, which reads the whole file), or None when it does."""
+    path = Path(directory) / info.file
+    if not path.is_file():
+        return "shard file is missing"
+    size = path.stat().st_size
+    if size != info.bytes:
+        return f"shard {'is truncated' if size < info.bytes else 'has the wrong size'}: {size} bytes, the manifest recorded {info.bytes}"
+    if not checksum:
+        return None
+    try:
+        digest = file_sha256(path)
+    except OSError as exc:  # permissions, too many open files, I/O errors
+        return f"cannot read shard: {exc.strerror or exc}"
+    if digest != info.sha256:
+        return f"checksum mismatch: sha256 {digest[:16]}..., the manifest recorded {info.sha256[:16]}..."
+    return None
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -203,4 +223,4 @@ def copy_meta(meta: StoreMeta, **changes) -> StoreMeta:
     return new_meta(**settings)
 
 
-__all__ = ["ShardData", "compress_records", "copy_meta", "file_sha256", "new_meta", "open_for_writing", "remove_store", "store_lock", "write_shard"]
+__all__ = ["ShardData", "compress_records", "copy_meta", "file_sha256", "new_meta", "open_for_writing", "remove_store", "shard_file_problem", "store_lock", "write_shard"]
