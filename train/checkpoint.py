@@ -10,6 +10,8 @@ Python values so ``torch.load(weights_only=True)`` reads it: loading a checkpoin
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import os
 import random
 import shutil
@@ -170,24 +172,21 @@ class CheckpointSaver:
         return last
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same directory, then rename: never a half-written file."""
+def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
+    """``write`` a temporary file in ``path``'s directory, then rename it: never a half-written file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
 def _atomic_copy(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
