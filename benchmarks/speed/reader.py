@@ -10,13 +10,13 @@ Both hold the same labels (marginal-smoothing, K=5). Two access patterns, random
 Measured in the main process and through a DataLoader (batches of 64 images) with 1 and 2 worker
 processes.
 
-    python benchmarks/speed/reader.py --images 500 --crops 200 --out benchmarks/speed/reader.json
+    .venv/bin/python benchmarks/speed/reader.py --quick     # writes reader-quick.json next to this script
+    .venv/bin/python benchmarks/speed/reader.py             # 500 images, M=200: reader.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -30,8 +30,10 @@ from torch.utils.data import DataLoader, Dataset
 from fkd import crops, quantize
 from fkd.store import LabelStore, ShardData, compress_records, new_meta, open_for_writing, write_shard
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage"))
-from compression import synthetic_probs  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.common import result_path, save_result  # noqa: E402
+from benchmarks.fkd_official import official_labels, read_official, write_official  # noqa: E402
+from benchmarks.storage.compression import synthetic_probs  # noqa: E402
 
 CROPS_PER_STEP = 4
 
@@ -57,8 +59,7 @@ def write_stores(root: Path, probs: np.ndarray, top_k: int, shard_size: int) -> 
             val.append(payload.values)
             # FKD's layout: [boxes float32 (M,4) as (i/H, j/W, h/H, w/W), flips bool, labels (M,2,K) float32]
             boxes = (crop.boxes / np.array([375, 500, 375, 500])).astype(np.float32)
-            labels = np.stack([payload.indices.astype(np.float32), payload.values.astype(np.float32)], axis=1)
-            torch.save([torch.from_numpy(boxes), torch.from_numpy(crop.flips), torch.from_numpy(labels)], fkd_dir / f"{i}.tar")
+            write_official(fkd_dir / f"{i}.tar", boxes, crop.flips, official_labels("marginal-smoothing", payload.indices, payload.values))
         records = compress_records(layout, np.stack(fixed), np.stack(flips), np.stack(idx), np.stack(val))
         manifest.shards[shard] = write_shard(store_dir, meta, shard, ShardData([str(i) for i in range(start, stop)],
                                                                              np.zeros(stop - start), np.tile([375, 500], (stop - start, 1)), records))
@@ -89,11 +90,10 @@ class FkdReads(Dataset):
         return len(self.order)
 
     def __getitem__(self, i: int):
-        boxes, flips, labels = torch.load(self.root / f"{int(self.order[i])}.tar", weights_only=True)
+        boxes, flips, labels = read_official(self.root / f"{int(self.order[i])}.tar")
         if self.mode == "record":
             return labels.shape[0]
-        pick = torch.from_numpy(np.random.default_rng(i).choice(labels.shape[0], CROPS_PER_STEP, replace=False))
-        sel = labels[pick]
+        sel = torch.from_numpy(labels[np.random.default_rng(i).choice(labels.shape[0], CROPS_PER_STEP, replace=False)])
         return sel[:, 0].long(), sel[:, 1]
 
 
@@ -118,8 +118,9 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--reads", type=int, default=3000, help="random image reads per measurement")
     parser.add_argument("--quick", action="store_true", help="200 images, 4000 reads")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="JSON results (default: next to this script, -quick for --quick)")
     args = parser.parse_args()
+    args.out = args.out or result_path(__file__, args.quick)
     if args.quick:
         args.images, args.reads = 200, 4000
     probs = synthetic_probs(args.images, args.crops, args.classes)
@@ -143,8 +144,7 @@ def main() -> None:
     print(f"{'mode':7s} {'workers':>7s} {'fkd store crops/s':>18s} {'FKD files crops/s':>18s} {'ratio':>7s}")
     for r in rows:
         print(f"{r['mode']:7s} {r['workers']:7d} {r['fkd_store_crops_per_s']:18,.0f} {r['official_fkd_crops_per_s']:18,.0f} {r['ratio']:7.1f}x")
-    if args.out:
-        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
+    save_result(args.out, {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
 
 
 if __name__ == "__main__":
