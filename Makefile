@@ -23,5 +23,8 @@ test: venv
 demo: venv
 	bash scripts/demo.sh
 
+bench-quick: venv
+	$(PY) benchmarks/run_all.py --quick
+
 clean:
 	rm -rf $(VENV) demo runs
