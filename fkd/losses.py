@@ -161,6 +161,7 @@ def deit_token_loss(
     kind: DistillKind,
     alpha: float = 0.5,
     tau: float | None = None,
+    teacher_is_prob: bool = False,
 ) -> torch.Tensor:
     """DeiT's distillation-token loss: each head has its own target.
 
@@ -173,7 +174,10 @@ def deit_token_loss(
     - ``'soft'`` with ``tau=None``: ``teacher_dense`` holds probabilities already at the generation
       temperature (a label store's soft labels), so ``soft_target_cross_entropy(dist, teacher_dense)``.
       It differs from the KL only by the teacher's entropy, a constant: same gradient.
-    - ``'soft'`` with a ``tau``: ``teacher_dense`` holds logits, ``kd_soft_loss(dist, t, tau)``.
+    - ``'soft'`` with a ``tau``: ``kd_soft_loss(dist, teacher_dense, tau, teacher_is_prob)``;
+      ``teacher_dense`` holds logits, or probabilities when ``teacher_is_prob`` (re-tempered by
+      ``teacher_distribution``: exact for full distributions, an approximation for top-K labels whose
+      tail was filled in by a decoder).
 
     At inference timm's ``VisionTransformerDistilled`` averages the two heads.
     """
@@ -186,7 +190,7 @@ def deit_token_loss(
     elif tau is None:
         kd = soft_target_cross_entropy(dist_logits, teacher_dense)
     else:
-        kd = kd_soft_loss(dist_logits, teacher_dense, tau)
+        kd = kd_soft_loss(dist_logits, teacher_dense, tau, teacher_is_prob)
     return (1.0 - alpha) * base + alpha * kd
 
 

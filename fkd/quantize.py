@@ -28,35 +28,11 @@ targets with one ``scatter_`` per batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 
 import numpy as np
 import torch
 
-
-class Scheme(str, Enum):
-    """The FKD label quantization schemes (plus the uncompressed reference ``full``)."""
-
-    HARDENING = "hardening"
-    SMOOTHING = "smoothing"
-    MARGINAL_SMOOTHING = "marginal-smoothing"
-    MARGINAL_RENORM = "marginal-renorm"
-    FULL = "full"
-
-    @classmethod
-    def parse(cls, value: "str | Scheme") -> "Scheme":
-        """Accept a Scheme or its name (underscores allowed); raise ValueError listing the choices."""
-        if isinstance(value, Scheme):
-            return value
-        name = str(value).strip().lower().replace("_", "-")
-        for scheme in cls:
-            if scheme.value == name:
-                return scheme
-        choices = ", ".join(s.value for s in cls)
-        raise ValueError(f"unknown label scheme {value!r}; choose one of: {choices}")
-
-
-SCHEMES: tuple[str, ...] = tuple(s.value for s in Scheme)
+from .schemes import Scheme
 
 
 @dataclass(frozen=True)
@@ -185,11 +161,3 @@ def decode(
     dense.scatter_(-1, idx, vals)
     return dense / dense.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
 
-
-def hard_targets(indices: torch.Tensor | None, values: torch.Tensor | None) -> torch.Tensor:
-    """The stored top-1 class per crop (for DeiT-style hard distillation)."""
-    if indices is not None:
-        return indices[..., 0].long()
-    if values is None:
-        raise ValueError("payload has neither indices nor values")
-    return values.float().argmax(-1)

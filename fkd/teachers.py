@@ -2,7 +2,8 @@
 
 Label generation only needs "crop pixels in, class probabilities out". ``Teacher`` hides
 everything else: each member's own normalization (timm's data config per model), temperature,
-ensemble averaging, AMP and channels_last on CUDA. Callers feed float crops in [0, 1] at
+ensemble averaging, arithmetic precision (``fkd.precision``: fp32 unless asked) and channels_last on
+CUDA. Callers feed float crops in [0, 1] at
 ``teacher.data_config.input_size`` and get probabilities; ``describe()`` records what produced
 them (names, checkpoint sha256, sizes, normalization) in the label store.
 """
@@ -21,8 +22,11 @@ from typing import Any
 import timm
 import timm.models
 import torch
-from timm.data import resolve_model_data_config
+from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_model_data_config
 from torch import nn
+
+from .precision import DEFAULT_PRECISION, check_precision, teacher_precision
+from .pretrained import create_timm_model
 
 
 class TeacherError(ValueError):
@@ -72,6 +76,7 @@ class _Member:
     pretrained: str | None  # timm "architecture.tag" when timm's pretrained weights were loaded
     num_classes: int
     data_config: DataConfig
+    class_names: list[str] | None  # what each output index means, when the model says
 
 
 class Teacher(nn.Module):
@@ -82,19 +87,22 @@ class Teacher(nn.Module):
     ``torch.inference_mode()``; the teacher is always in eval mode.
     """
 
-    def __init__(self, members: list[_Member], temperature: float, input_size: tuple[int, int], device: torch.device) -> None:
+    def __init__(
+        self, members: list[_Member], temperature: float, input_size: tuple[int, int], device: torch.device,
+        precision: str = DEFAULT_PRECISION,
+    ) -> None:
         super().__init__()
         first = members[0].data_config
         self.members = nn.ModuleList(NormalizedModel(m.model, m.data_config.mean, m.data_config.std) for m in members)
         self.data_config = DataConfig(input_size, first.mean, first.std, first.interpolation)
         self.num_classes = members[0].num_classes
+        self.class_names = next((m.class_names for m in members if m.class_names), None)
         self.temperature = float(temperature)
         self.device = device
         self._descriptions = [_describe(m, input_size) for m in members]
+        self.precision = check_precision(precision)
         self.to(device)
-        self.amp_dtype: torch.dtype | None = None
         if device.type == "cuda":
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             self.members.to(memory_format=torch.channels_last)
         self.requires_grad_(False)
         self.eval()
@@ -113,7 +121,7 @@ class Teacher(nn.Module):
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         total: torch.Tensor | None = None
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+        with teacher_precision(self.precision, self.device):
             for member in self.members:
                 probs = torch.softmax(member(x).float() / self.temperature, dim=-1)
                 total = probs if total is None else total + probs
@@ -134,6 +142,7 @@ def create_teacher(
     temperature: float = 1.0,
     input_size: int | None = None,
     device: str | torch.device = "cpu",
+    precision: str = DEFAULT_PRECISION,
 ) -> Teacher:
     """Build the teacher: timm models ``names`` then, if given, ``module`` (``pkg.mod:factory``).
 
@@ -141,36 +150,55 @@ def create_teacher(
     factory's default), or a single entry for a single member. Every member gets crops of the same
     size: ``input_size`` if given, else the first member's.
     """
-    specs: list[tuple[str, str | None]] = [(n, None) for n in names] + ([(module, module)] if module else [])
-    if not specs:
-        raise TeacherError("no teacher given: pass --teacher NAME (a timm model) or --teacher-module pkg.mod:factory")
+    specs = _member_specs(names, checkpoints, module)
     if temperature <= 0:
         raise TeacherError(f"temperature must be > 0, got {temperature}")
+    try:
+        check_precision(precision)
+    except ValueError as exc:
+        raise TeacherError(str(exc)) from None
     if input_size is not None and input_size <= 0:
         raise TeacherError(f"teacher input size must be > 0, got {input_size}")
-    checkpoints = list(checkpoints or [])
-    if checkpoints and len(checkpoints) != len(specs):
-        members = ", ".join(name for name, _ in specs)
-        raise TeacherError(f"got {len(checkpoints)} checkpoints for {len(specs)} teachers ({members}): give one per teacher, in order")
-    checkpoints = checkpoints or [None] * len(specs)
-
-    members = []
-    for (name, factory_spec), checkpoint in zip(specs, checkpoints):
-        path = _checkpoint_path(checkpoint)
-        if factory_spec is None:
-            members.append(_timm_member(name, path, num_classes, pretrained))
-        else:
-            members.append(_factory_member(factory_spec, path, num_classes))
+    members = [
+        _factory_member(name, path, num_classes) if is_module else _timm_member(name, path, num_classes, pretrained)
+        for name, is_module, path in specs
+    ]
     counts = {m.num_classes for m in members}
     if len(counts) > 1:
         listing = ", ".join(f"{m.name}: {m.num_classes}" for m in members)
         raise TeacherError(f"ensemble members disagree on the number of classes ({listing})")
+    named = [m for m in members if m.class_names]
+    if any(m.class_names != named[0].class_names for m in named):
+        raise TeacherError(f"ensemble members name their classes differently ({named[0].name} vs "
+                           f"{next(m.name for m in named if m.class_names != named[0].class_names)}): averaging them would mix classes")
 
     size = (input_size, input_size) if input_size is not None else members[0].data_config.input_size
     for m in members:
         if m.model.pretrained_cfg.get("fixed_input_size") and m.data_config.input_size != size:
             raise TeacherError(f"teacher {m.name} only accepts {m.data_config.input_size} inputs, not {size}")
-    return Teacher(members, temperature, size, torch.device(device))
+    return Teacher(members, temperature, size, torch.device(device), precision)
+
+
+def check_teacher_spec(names: list[str], checkpoints: list[str | None] | None = None, module: str | None = None) -> None:
+    """What can be checked without building a model (names, files, imports), so that a command
+    refuses a typo before it starts a cluster; ``create_teacher`` finds the rest."""
+    for name, is_module, _ in _member_specs(names, checkpoints, module):
+        if is_module:
+            _factory(name)
+        else:
+            _check_timm_name(name)
+
+
+def _member_specs(names: list[str], checkpoints: list[str | None] | None, module: str | None) -> list[tuple[str, bool, Path | None]]:
+    """(name, is a factory module, checkpoint path) per member: timm names first, then the module."""
+    specs = [(n, False) for n in names] + ([(module, True)] if module else [])
+    if not specs:
+        raise TeacherError("no teacher given: pass --teacher NAME (a timm model) or --teacher-module pkg.mod:factory")
+    checkpoints = list(checkpoints or [])
+    if checkpoints and len(checkpoints) != len(specs):
+        members = ", ".join(name for name, _ in specs)
+        raise TeacherError(f"got {len(checkpoints)} checkpoints for {len(specs)} teachers ({members}): give one per teacher, in order")
+    return [(name, is_module, _checkpoint_path(c)) for (name, is_module), c in zip(specs, checkpoints or [None] * len(specs))]
 
 
 def _checkpoint_path(checkpoint: str | os.PathLike | None) -> Path | None:
@@ -193,7 +221,7 @@ def _timm_member(name: str, checkpoint: Path | None, num_classes: int | None, pr
         if num_classes is None:
             num_classes = _checkpoint_num_classes(name, checkpoint, state_dict)
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    model = timm.create_model(name, pretrained=pretrained and checkpoint is None, **kwargs)
+    model = create_timm_model(name, pretrained and checkpoint is None, kwargs)
     if state_dict is not None:
         try:
             model.load_state_dict(state_dict, strict=True)
@@ -227,7 +255,8 @@ def _checkpoint_num_classes(name: str, checkpoint: Path, state_dict: dict[str, t
     return int(state_dict[key].shape[0])
 
 
-def _factory_member(spec: str, checkpoint: Path | None, num_classes: int | None) -> _Member:
+def _factory(spec: str) -> Any:
+    """The factory function named by ``pkg.mod:factory``."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr.isidentifier():
         raise TeacherError(f"bad teacher module {spec!r}: expected 'package.module:factory'")
@@ -238,6 +267,11 @@ def _factory_member(spec: str, checkpoint: Path | None, num_classes: int | None)
     factory = getattr(mod, attr, None)
     if not callable(factory):
         raise TeacherError(f"module {module_name!r} has no factory function {attr!r} (from {spec!r})")
+    return factory
+
+
+def _factory_member(spec: str, checkpoint: Path | None, num_classes: int | None) -> _Member:
+    factory = _factory(spec)
     kwargs: dict[str, Any] = {"checkpoint": None if checkpoint is None else str(checkpoint)}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
@@ -261,7 +295,18 @@ def _member(model: nn.Module, name: str, checkpoint: Path | None, module: str | 
     if num_classes is None:  # a plain module: ask it
         with torch.no_grad():
             num_classes = model(torch.zeros(1, 3, *data_config.input_size)).shape[-1]
-    return _Member(model, name, checkpoint, module, pretrained, int(num_classes), data_config)
+    return _Member(model, name, checkpoint, module, pretrained, int(num_classes), data_config, _class_names(model, pretrained, int(num_classes)))
+
+
+def _class_names(model: nn.Module, pretrained: str | None, num_classes: int) -> list[str] | None:
+    """The model's own ``pretrained_cfg['label_names']``, else, for timm's pretrained ImageNet
+    weights, the ImageNet synsets (the class folder names of an ImageNet train directory)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    names = cfg.get("label_names")
+    if names is None and pretrained is not None:
+        subset = infer_imagenet_subset(cfg)
+        names = ImageNetInfo(subset).label_names() if subset is not None else None
+    return [str(n) for n in names] if names is not None and len(names) == num_classes else None
 
 
 def _describe(member: _Member, input_size: tuple[int, int]) -> dict[str, Any]:
@@ -289,38 +334,6 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def add_teacher_args(parser: argparse.ArgumentParser) -> None:
-    """The teacher options shared by the command lines. A caller that lets users pick the teacher
-    crop size adds its own ``input_size`` option; ``teacher_from_args`` reads it when present."""
-    group = parser.add_argument_group("teacher")
-    group.add_argument(
-        "--teacher", action="append", metavar="NAME", default=None,
-        help="timm model name (e.g. resnet50.a1_in1k); repeat for an ensemble whose probabilities are averaged",
-    )
-    group.add_argument(
-        "--checkpoint", action="append", metavar="PATH", default=None,
-        help="weights file for a teacher, one per teacher in order (timm models first, then --teacher-module); "
-             "without it timm's pretrained weights are used",
-    )
-    group.add_argument(
-        "--teacher-module", metavar="PKG.MOD:FACTORY", default=None,
-        help="a teacher timm lacks: FACTORY(checkpoint=..., num_classes=...) must return an nn.Module with a timm-style "
-             "pretrained_cfg (e.g. fkd.zoo.keras_cifar10:create_model)",
-    )
-    group.add_argument(
-        "--num-classes", type=int, default=None, metavar="N",
-        help="teacher classes (default: the checkpoint's classifier size, else the model's)",
-    )
-    group.add_argument(
-        "--temperature", type=float, default=1.0, metavar="T",
-        help="softmax temperature T of the teacher probabilities softmax(logits / T) (default: 1)",
-    )
-    group.add_argument(
-        "--no-pretrained", dest="pretrained", action="store_false",
-        help="do not load timm pretrained weights: random init unless --checkpoint (for tests and smoke runs)",
-    )
-
-
 def teacher_from_args(args: argparse.Namespace, device: str | torch.device = "cpu") -> Teacher:
     return create_teacher(
         names=args.teacher or [],
@@ -331,4 +344,5 @@ def teacher_from_args(args: argparse.Namespace, device: str | torch.device = "cp
         temperature=args.temperature,
         input_size=getattr(args, "input_size", None),
         device=device,
+        precision=args.teacher_precision,
     )

@@ -3,6 +3,8 @@
     fkd-labelgen --teacher regnety_160 --crops 200 --data DATA --out STORE
 
 Options can come from a YAML file (``-c config.yaml``, keys are option names); flags override it.
+torch, Ray and h5py are imported only once the arguments are parsed, so ``--help`` and argument
+errors answer at once.
 """
 
 from __future__ import annotations
@@ -11,16 +13,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fkd.config import add_config_arg, parse_args_with_config
-from fkd.crops import CropParams
-from fkd.quantize import SCHEMES
-from fkd.store import StoreError
-from fkd.teachers import add_teacher_args
+from fkd.schemes import SCHEMES
+from fkd.teacher_options import add_teacher_args
 
-from .driver import RunConfig, run
-from .errors import LabelgenError
-from .messages import LabelSettings
+if TYPE_CHECKING:
+    from .driver import RunConfig
 
 PROG = "fkd-labelgen"
 
@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="leave unreadable images out of the store (recorded in its metadata) instead of failing")
     io.add_argument("--shard-size", type=int, default=1000, metavar="N",
                     help="images per shard: the unit of work, retry and resume")
+    io.add_argument("--class-map", type=Path, default=None, metavar="FILE",
+                    help="map the data's classes onto the teacher's: one 'DATA_CLASS TEACHER_CLASS' per line (teacher class "
+                    "by name or index). Needed when the data's classes differ from the teacher's in number or names; "
+                    "without it such data is refused")
 
     add_teacher_args(parser)
 
@@ -81,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     compute = parser.add_argument_group("compute")
     compute.add_argument("--batch-size", type=int, default=256, metavar="B",
                          help="crops per teacher forward pass (batches are cut the same way whatever the number of workers)")
+    compute.add_argument("--threads", type=int, default=1, metavar="T",
+                         help="torch intra-op threads of each worker's teacher. Labels are bitwise identical for the same "
+                         "device type, threads and --batch-size whatever the number of workers; another thread count "
+                         "changes CPU results within floating-point reproducibility")
     compute.add_argument("--device", default="auto",
                          help="teacher device in each worker: auto (CUDA when the worker has a GPU), cpu, cuda, cuda:N")
     compute.add_argument("--workers", type=int, default=None, metavar="N",
@@ -99,11 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> RunConfig:
+def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> "RunConfig":
     """Check the options that argparse cannot, and turn them into a RunConfig."""
+    from fkd.crops import CropParams
+
+    from .driver import RunConfig
+    from .messages import LabelSettings
+
     if not 1 <= args.crops <= 65535:
         parser.error(f"--crops must be in 1..65535, got {args.crops}")
-    for name in ("top_k", "shard_size", "batch_size"):
+    for name in ("top_k", "shard_size", "batch_size", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.workers is not None and args.workers < 1:
@@ -120,6 +133,8 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         teacher_args=args,
         labels=LabelSettings(args.scheme, args.top_k, args.crops, args.seed, crop_params, args.shard_size),
         batch_size=args.batch_size,
+        threads=args.threads,
+        class_map=args.class_map,
         device=args.device,
         workers=args.workers,
         cpus_per_worker=args.cpus_per_worker,
@@ -137,6 +152,11 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     parser = build_parser()
     args = parse_args_with_config(parser, argv)
     config = config_from_args(args, parser)
+    from fkd.store import StoreError
+
+    from .driver import run
+    from .errors import LabelgenError
+
     try:
         summary = run(config)
     except LabelgenError as exc:

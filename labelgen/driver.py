@@ -22,9 +22,9 @@ import ray
 from tqdm import tqdm
 
 from fkd.config import save_args
-from fkd.images import list_images
 from fkd.store import Manifest, StoreMeta, StoreMismatchError, open_for_writing, remove_store, shard_file_problem, store_lock, write_shard
 
+from .checks import check_inputs, check_top_k, teacher_space
 from .errors import BadImage, BadImagesError, InputError
 from .messages import ImageRef, LabelSettings, ShardTask
 from .plan import chunks, image_refs, keep_good, pending_shards, previous_scan, store_meta
@@ -35,9 +35,10 @@ from .worker import WorkerConfig
 ARGS_FILE = "labelgen-args.yaml"
 """The resolved command-line options, saved next to store.json for reproducibility."""
 
-CPUS_PER_CPU_WORKER = 4
-"""Default CPUs per worker when the teacher runs on CPU: torch's intra-op threads scale poorly on
-small batches of small crops, so several narrow workers beat one wide one."""
+CPUS_PER_CPU_WORKER = 1
+"""Default CPUs per worker when the teacher runs on CPU: each worker computes with ``--threads``
+(default 1) intra-op threads, so one narrow worker per CPU uses the machine; torch's intra-op
+threads scale poorly on small batches of small crops anyway."""
 
 CHECK_CHUNK = 512
 """Images per pre-pass task: large enough to amortize a Ray call, small enough to balance."""
@@ -52,6 +53,8 @@ class RunConfig:
     teacher_args: argparse.Namespace
     labels: LabelSettings
     batch_size: int = 256
+    threads: int = 1
+    class_map: "Path | None" = None
     device: str = "auto"
     workers: "int | None" = None
     cpus_per_worker: "float | None" = None
@@ -155,21 +158,21 @@ def resolve_sizing(workers: "int | None", cpus: "float | None", gpus: "float | N
 def run(config: RunConfig, log: Callable[[str], None] = _stderr) -> Summary:
     """Generate (or finish) the label store ``config.out``."""
     started = time.perf_counter()
-    try:
-        images = list_images(config.data)
-    except (OSError, ValueError) as exc:
-        raise InputError(str(exc)) from None
-    refs = image_refs(images)
+    listing = check_inputs(config.data, config.out, config.teacher_args, config.class_map)
     with ray_session(config.ray_address):
         sizing = resolve_sizing(config.workers, config.cpus_per_worker, config.gpus_per_worker, config.device)
         worker_config = WorkerConfig(
-            config.teacher_args, config.labels, config.batch_size, threads=max(1, int(sizing.cpus_per_worker)), device=config.device
+            config.teacher_args, config.labels, config.batch_size, threads=config.threads,
+            decode_threads=max(1, int(sizing.cpus_per_worker)), device=config.device,
         )
-        log(f"fkd-labelgen: {len(refs)} images; starting {sizing.workers} worker(s) "
-            f"with {sizing.cpus_per_worker:g} CPUs and {sizing.gpus_per_worker:g} GPUs each")
+        log(f"fkd-labelgen: {len(listing)} images; starting {sizing.workers} worker(s) with {sizing.cpus_per_worker:g} CPUs, "
+            f"{sizing.gpus_per_worker:g} GPUs and {config.threads} teacher thread(s) each")
         with WorkerPool(worker_config, sizing.workers, sizing.cpus_per_worker, sizing.gpus_per_worker, config.max_retries, log) as pool:
             teacher = pool.teacher_info()
-            bad = None if config.overwrite else previous_scan(config.out, images.fingerprint())
+            check_top_k(config.labels, teacher.num_classes)
+            images, class_map = teacher_space(listing, teacher, config.class_map)
+            refs = image_refs(images)
+            bad = None if config.overwrite else previous_scan(config.out, listing.fingerprint())
             if bad is None:
                 bad = check_images(pool, refs, config.progress)
             if bad and not config.skip_bad:
@@ -178,7 +181,7 @@ def run(config: RunConfig, log: Callable[[str], None] = _stderr) -> Summary:
             if not kept:
                 raise InputError(f"all {len(refs)} images of {config.data} are unreadable")
             with store_lock(config.out):  # one writer per store; created only once there is work to write
-                manifest = open_store(config, store_meta(config.labels, teacher, images, kept, bad))
+                manifest = open_store(config, store_meta(config.labels, teacher, listing, kept, bad, class_map))
                 if config.args is not None:
                     # Never --overwrite from a saved file: `-c labelgen-args.yaml` must resume, not delete.
                     save_args(argparse.Namespace(**{**vars(config.args), "overwrite": False}), config.out / ARGS_FILE)

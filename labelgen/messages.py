@@ -67,3 +67,5 @@ class TeacherInfo:
     temperature: float
     members: list[dict[str, Any]]
     device: str
+    precision: str
+    class_names: "list[str] | None"  # what each output index means, when the teacher says

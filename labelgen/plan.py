@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fkd.classes import store_class_names
 from fkd.images import ImageList
 from fkd.store import MANIFEST_NAME, Manifest, RecordLayout, StoreError, StoreMeta, new_meta
 
@@ -46,21 +47,20 @@ def keep_good(refs: list[ImageRef], bad: list[BadImage]) -> list[ImageRef]:
     return [r for r in refs if r.image_id not in bad_ids]
 
 
-def class_names(listing_names: list[str], num_classes: int) -> list[str]:
-    """The data's class names when they match the teacher's classes in number, else '0', '1', ..."""
-    if len(listing_names) == num_classes:
-        return list(listing_names)
-    return [str(c) for c in range(num_classes)]
-
-
 def store_meta(
-    settings: LabelSettings, teacher: TeacherInfo, images: ImageList, kept: list[ImageRef], bad: list[BadImage]
+    settings: LabelSettings, teacher: TeacherInfo, images: ImageList, kept: list[ImageRef], bad: list[BadImage],
+    class_map: "dict[str, int] | None" = None,
 ) -> StoreMeta:
+    """Metadata of the store for the listing ``images`` (as on disk: its fingerprint identifies the
+    data) whose images ``kept`` are labelled, with ground truth already in the teacher's space."""
     return new_meta(
         scheme=settings.scheme,
         top_k=settings.top_k,
         num_classes=teacher.num_classes,
-        class_names=class_names(images.class_names, teacher.num_classes),
+        class_names=store_class_names(images, teacher.num_classes, teacher.class_names, mapped=class_map is not None),
+        class_map=class_map,
+        teacher_precision=teacher.precision,
+        image_fingerprint="crc32",
         num_crops=settings.num_crops,
         num_images=len(kept),
         shard_size=settings.shard_size,

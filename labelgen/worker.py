@@ -3,8 +3,11 @@
 Per shard, a thread pool decodes images and cuts their M crops (PIL and torch release the GIL) while
 the calling thread runs the teacher on batches of ``batch_size`` crops. Batches are formed from the
 shard's crops in store order, so their boundaries depend only on the shard, never on how many
-workers share the run: with the crops drawn from (seed, image id), the labels are the same for any
-number of workers on the same device type.
+workers share the run. The teacher's intra-op threads (``threads``) are a setting of their own, not
+the CPUs a worker happens to reserve: CPU kernels reduce in an order that depends on the thread
+count, so tying it to the cluster's shape made labels change with the number of workers. Hence the
+guarantee (docs/FORMAT.md): crops and ids are bitwise identical for any number of workers, labels
+bitwise identical for the same device type, threads and batch size.
 
 The class is plain Python (tests drive it directly); ``labelgen.pool`` runs it as a Ray actor.
 """
@@ -25,7 +28,7 @@ import torch
 
 from fkd import quantize
 from fkd.crops import boxes_to_fixed, replay_fixed, sample_crops
-from fkd.images import BadImageError, load_image
+from fkd.images import BadImageError, LoadedImage, read_image
 from fkd.store import ShardData, compress_records
 from fkd.teachers import teacher_from_args
 
@@ -46,10 +49,11 @@ R = TypeVar("R")
 class WorkerConfig:
     """Everything a worker needs; identical for every worker of a run."""
 
-    teacher_args: argparse.Namespace  # the options of fkd.teachers.add_teacher_args (+ input_size)
+    teacher_args: argparse.Namespace  # the options of fkd.teacher_options.add_teacher_args (+ input_size)
     labels: LabelSettings
     batch_size: int
-    threads: int
+    threads: int = 1  # torch intra-op threads of the teacher (part of what makes labels bitwise repeatable)
+    decode_threads: int = 1  # images decoded and cropped in parallel (from the CPUs the worker reserves)
     device: str = "auto"
 
 
@@ -61,6 +65,7 @@ class PreparedImage:
     boxes_fixed: np.ndarray  # (M, 4) uint16
     flips: np.ndarray  # (M,) bool
     size: tuple[int, int]  # original (height, width)
+    fingerprint: int  # CRC-32 of the image file's bytes
 
 
 def resolve_device(name: str) -> torch.device:
@@ -83,7 +88,7 @@ class LabelWorker:
         self.teacher = teacher_from_args(config.teacher_args, self.device).eval()
         self.input_size = tuple(self.teacher.data_config.input_size)
         self.interpolation = self.teacher.data_config.interpolation
-        self.threads = ThreadPoolExecutor(max(1, config.threads), thread_name_prefix="fkd-decode")
+        self.pool = ThreadPoolExecutor(max(1, config.decode_threads), thread_name_prefix="fkd-decode")
 
     def info(self) -> TeacherInfo:
         cfg = self.teacher.data_config
@@ -96,13 +101,15 @@ class LabelWorker:
             temperature=float(self.teacher.temperature),
             members=self.teacher.describe(),
             device=str(self.device),
+            precision=self.teacher.precision,
+            class_names=self.teacher.class_names,
         )
 
     # Image checks ---------------------------------------------------------------------------
 
     def check_images(self, images: list[ImageRef]) -> list[BadImage]:
         """Decode every image; return those that fail (the pre-pass before shards are planned)."""
-        results = self._ordered(self._check_one, images, window=4 * self.config.threads)
+        results = self._ordered(self._check_one, images, window=4 * self.config.decode_threads)
         return [bad for bad in results if bad is not None]
 
     @staticmethod
@@ -121,6 +128,7 @@ class LabelWorker:
         fixed: list[np.ndarray] = []
         flips: list[np.ndarray] = []
         sizes: list[tuple[int, int]] = []
+        fingerprints: list[int] = []
         records: list[bytes] = []
         pending = PayloadBuffer()
         batcher = CropBatcher(self.config.batch_size)
@@ -141,7 +149,7 @@ class LabelWorker:
                     board.post.remote(task.shard, len(records))
             _maybe_crash()
 
-        window = self.config.threads + 2
+        window = self.config.decode_threads + 2
         for item in self._ordered(self._prepare, task.images, window):
             if isinstance(item, BadImage):
                 bad.append(item)
@@ -150,6 +158,7 @@ class LabelWorker:
             fixed.append(item.boxes_fixed)
             flips.append(item.flips)
             sizes.append(item.size)
+            fingerprints.append(item.fingerprint)
             for batch in batcher.add(item.views):
                 run(batch)
         if bad:
@@ -161,14 +170,16 @@ class LabelWorker:
             labels=np.array([im.label for im in task.images], dtype=np.int64),
             sizes=np.array(sizes, dtype=np.int64).reshape(-1, 2),
             records=records,
+            fingerprints=np.array(fingerprints, dtype=np.uint32),
         )
         return ShardOutcome(task.shard, data=data)
 
     def _prepare(self, image: ImageRef) -> "PreparedImage | BadImage":
         cfg = self.config.labels
-        pixels = _load(image)
-        if isinstance(pixels, BadImage):
-            return pixels
+        loaded = _load(image)
+        if isinstance(loaded, BadImage):
+            return loaded
+        pixels = loaded.pixels
         height, width = (int(v) for v in pixels.shape[-2:])
         crops = sample_crops(image.image_id, height, width, cfg.num_crops, cfg.seed, cfg.crop_params)
         fixed = boxes_to_fixed(crops.boxes, height, width)
@@ -176,7 +187,7 @@ class LabelWorker:
             # Cut and resize on the GPU: the CPU threads only decode.
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
         views = replay_fixed(pixels, fixed, crops.flips, self.input_size, self.interpolation)
-        return PreparedImage(views, fixed, crops.flips, (height, width))
+        return PreparedImage(views, fixed, crops.flips, (height, width), loaded.fingerprint)
 
     @torch.inference_mode()
     def _label_batch(self, views: torch.Tensor) -> quantize.Payload:
@@ -190,12 +201,12 @@ class LabelWorker:
         """``map(fn, items)`` on the thread pool, in order, with at most ``window`` items in flight
         (bounds the memory held by decoded crops)."""
         todo = iter(items)
-        futures = deque(self.threads.submit(fn, item) for _, item in zip(range(max(1, window)), todo))
+        futures = deque(self.pool.submit(fn, item) for _, item in zip(range(max(1, window)), todo))
         while futures:
             result = futures.popleft().result()
             nxt = next(todo, None)
             if nxt is not None:
-                futures.append(self.threads.submit(fn, nxt))
+                futures.append(self.pool.submit(fn, nxt))
             yield result
 
 
@@ -258,10 +269,11 @@ class PayloadBuffer:
         return out[0], out[1]
 
 
-def _load(image: ImageRef) -> "torch.Tensor | BadImage":
-    """The decoded image, or why it cannot be used (corrupt, truncated, not an image, missing)."""
+def _load(image: ImageRef) -> "LoadedImage | BadImage":
+    """The decoded image and its fingerprint, or why it cannot be used (corrupt, truncated, not an
+    image, missing)."""
     try:
-        return load_image(image.path)
+        return read_image(image.path)
     except BadImageError as exc:
         return BadImage(image.image_id, exc.reason)
     except FileNotFoundError:

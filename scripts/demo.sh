@@ -2,7 +2,8 @@
 # End-to-end demo on a small real default: 1,000 CIFAR-10 training images (100 per class) labelled by
 # the real pretrained CIFAR-10 teacher from ../shared on a local Ray instance (32 crops per image,
 # marginal smoothing top-5), a student trained from the stored labels only, evaluated on 1,000 test
-# images. Everything lands in demo/ (git-ignored); rerunning resumes/reuses what is finished.
+# images, next to the teacher's top-1 on the same images and chance. Everything lands in demo/
+# (git-ignored); rerunning resumes/reuses what is finished.
 #
 # Knobs (environment): DEMO_PER_CLASS (100), DEMO_CROPS (32), DEMO_EPOCHS (3), DEMO_WORKERS (2).
 set -euo pipefail
@@ -33,5 +34,17 @@ $BIN/fkd-labels show "$OUT/store" --image "$FIRST" --data "$TRAIN" --out "$OUT/c
 echo "== 4/4 fkd-train: student from the stored labels (the teacher does not run), $EPOCHS epochs"
 $BIN/fkd-train -c configs/train-cifar10-fkd.yaml --store "$OUT/store" --data "$TRAIN" --val-data "$TEST" \
     --epochs "$EPOCHS" --workers 1 --output "$OUT/run" --resume auto
+$PY - "$TEST" <<'PYTHON'
+import sys
+from pathlib import Path
+
+from benchmarks.accuracy.bench_accuracy import teacher_top1
+from fkd.images import list_images
+
+test = Path(sys.argv[1])
+classes = len(list_images(test).class_names)
+print(f"to compare, on the same {len(list_images(test))} test images: the teacher's top-1 {teacher_top1(test):.2f} %, "
+      f"chance {100 / classes:.2f} % ({classes} classes)")
+PYTHON
 echo
 echo "demo done: store in $OUT/store, crops drawn in $OUT/crops.png, student in $OUT/run (summary.csv, best.pth)"

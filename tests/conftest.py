@@ -48,9 +48,11 @@ def write_random_store(
     image_ids: "list[str] | None" = None,
     sizes: "np.ndarray | None" = None,
     labels: "np.ndarray | None" = None,
+    fingerprints: "np.ndarray | None" = None,
 ) -> tuple[Path, dict[str, np.ndarray]]:
     """Write a complete store of random teacher probabilities; return it and the arrays written
-    (``probs`` (N, M, C), ``boxes`` (N, M, 4) pixel boxes, ``flips``) to compare reads against."""
+    (``probs`` (N, M, C), ``boxes`` (N, M, 4) pixel boxes, ``flips``) to compare reads against.
+    ``fingerprints`` (N,): the images' CRC-32s, recorded as fkd-labelgen does (else none)."""
     rng = np.random.default_rng(seed)
     image_ids = image_ids or [f"c{i % 3}/img{i:03d}.jpg" for i in range(num_images)]
     sizes = np.asarray(sizes if sizes is not None else [(40 + i % 5, 48 + i % 7) for i in range(num_images)])
@@ -58,6 +60,7 @@ def write_random_store(
     meta = new_meta(
         scheme=scheme, top_k=top_k, num_classes=num_classes, class_names=[f"class{c}" for c in range(num_classes)],
         num_crops=num_crops, num_images=num_images, shard_size=shard_size, teachers=[{"name": "random"}], seed=seed,
+        image_fingerprint="none" if fingerprints is None else "crc32",
     )
     manifest = open_for_writing(path, meta)
     layout = meta.record_layout()
@@ -82,7 +85,8 @@ def write_random_store(
             layout, np.stack(fixed), np.stack(flips),
             None if idx[0] is None else np.stack(idx), None if val[0] is None else np.stack(val),
         )
-        info = write_shard(path, meta, shard, ShardData(image_ids[start:stop], labels[start:stop], sizes[start:stop], records))
+        shard_fingerprints = None if fingerprints is None else np.asarray(fingerprints)[start:stop]
+        info = write_shard(path, meta, shard, ShardData(image_ids[start:stop], labels[start:stop], sizes[start:stop], records, shard_fingerprints))
         manifest.shards[shard] = info
         manifest.save(path)
     return path, {"probs": probs, "boxes": all_boxes, "flips": all_flips}

@@ -13,6 +13,7 @@ from benchmarks.accuracy.bench_accuracy import ABLATION_CROPS, Run, claims, sche
 from benchmarks.fkd_official import official_coords, official_labels, read_official, write_official
 from fkd import quantize
 from fkd.crops import boxes_to_fixed
+from fkd.schemes import SCHEMES
 
 from conftest import make_image_folder
 
@@ -21,7 +22,7 @@ from conftest import make_image_folder
 def payloads() -> dict[str, quantize.Payload]:
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(10), size=6).astype(np.float32)
-    return {scheme: quantize.encode(probs, scheme, 5) for scheme in quantize.SCHEMES}
+    return {scheme: quantize.encode(probs, scheme, 5) for scheme in SCHEMES}
 
 
 def test_official_labels_have_label_quantizations_layout(payloads):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from fkd.config import parse_args_with_config, save_args
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -113,3 +116,22 @@ def test_save_args_round_trips_through_config(tmp_path: Path) -> None:
     }
     again = parse_args_with_config(make_parser(), ["-c", str(saved)])
     assert vars(again) == vars(args) | {"config": str(saved)}
+
+
+def test_every_recipe_the_readme_names_exists() -> None:
+    named = set(re.findall(r"configs/[\w.-]+\.yaml", (REPO / "README.md").read_text()))
+    assert "configs/labelgen-imagenet-regnety160.yaml" in named
+    assert sorted(name for name in named if not (REPO / name).is_file()) == []
+
+
+def test_imagenet_regnety160_recipe_parses_with_fkd_labelgen() -> None:
+    from labelgen.cli import build_parser, config_from_args
+
+    parser = build_parser()
+    argv = ["-c", str(REPO / "configs" / "labelgen-imagenet-regnety160.yaml"), "--data", "D", "--out", "S"]
+    config = config_from_args(parse_args_with_config(parser, argv), parser)
+    teacher = config.teacher_args
+    assert (teacher.teacher, teacher.pretrained, teacher.temperature, teacher.teacher_precision) == (["regnety_160"], True, 1.0, "fp32")
+    labels = config.labels
+    assert (labels.scheme, labels.top_k, labels.num_crops, labels.seed, labels.shard_size) == ("marginal-smoothing", 5, 500, 0, 1000)
+    assert (labels.crop_params.scale, labels.crop_params.ratio, labels.crop_params.flip_prob) == ((0.08, 0.936), (3 / 4, 4 / 3), 0.5)

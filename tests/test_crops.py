@@ -30,13 +30,64 @@ def test_boxes_follow_the_scale_and_ratio_ranges() -> None:
     assert 0.45 < c.flips.mean() < 0.55
 
 
-def test_same_distribution_as_torchvision_get_params() -> None:
-    torch.manual_seed(0)
-    image = torch.zeros(3, 200, 300)
-    ours = sample_crops("img", 200, 300, 4000, seed=1).boxes
-    theirs = np.array([RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(4000)])
-    for col in range(4):
-        assert abs(ours[:, col].mean() - theirs[:, col].mean()) < 0.06 * theirs[:, col].mean() + 2
+def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs."""
+    a, b = np.sort(a), np.sort(b)
+    values = np.concatenate([a, b])
+    gap = np.searchsorted(a, values, side="right") / len(a) - np.searchsorted(b, values, side="right") / len(b)
+    return float(np.abs(gap).max())
+
+
+def ks_critical(n: int, m: int, alpha: float = 1e-3) -> float:
+    """Asymptotic KS critical value at level ``alpha`` (conservative for discrete samples like pixel boxes)."""
+    return float(np.sqrt(-np.log(alpha / 2) / 2) * np.sqrt((n + m) / (n * m)))
+
+
+def torchvision_boxes(height: int, width: int, count: int, scale: tuple[float, float], ratio: tuple[float, float]) -> np.ndarray:
+    """``count`` draws of RandomResizedCrop.get_params from a fixed torch seed, global RNG left as it was."""
+    image = torch.zeros(1, height, width)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return np.array([RandomResizedCrop.get_params(image, list(scale), list(ratio)) for _ in range(count)])
+
+
+def torchvision_fallback(height: int, width: int, ratio: tuple[float, float]) -> np.ndarray:
+    """The centre crop get_params returns when none of its 10 tries fits, by torchvision's rule."""
+    h, w = height, width
+    if width / height < ratio[0]:
+        h = int(round(width / ratio[0]))
+    elif width / height > ratio[1]:
+        w = int(round(height * ratio[1]))
+    return np.array([(height - h) // 2, (width - w) // 2, h, w])
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "scale", "ratio", "min_fallback"),
+    [
+        pytest.param(200, 300, (0.08, 1.0), (3 / 4, 4 / 3), 0.0, id="default"),
+        pytest.param(300, 200, (0.3, 0.9), (0.25, 4.0), 0.0, id="wide-ratio"),
+        # A box fits a 100x1000 image only when its area is small: about 3 draws in 4 fall back.
+        pytest.param(100, 1000, (0.08, 1.0), (3 / 4, 4 / 3), 0.6, id="mostly-fallback"),
+    ],
+)
+def test_same_distribution_as_torchvision_get_params(height: int, width: int, scale: tuple, ratio: tuple, min_fallback: float) -> None:
+    """Area fraction, aspect ratio, position and the centre-crop fallback rate follow torchvision's
+    sampler: two-sample KS tests at level 1e-3 and a 4-sigma bound on the fallback rates, fixed seeds."""
+    count = 12000
+    ours = sample_crops("img", height, width, count, seed=1, params=CropParams(scale=scale, ratio=ratio)).boxes
+    theirs = torchvision_boxes(height, width, count, scale, ratio)
+    features = {
+        "area": lambda b: b[:, 2] * b[:, 3] / (height * width),
+        "aspect": lambda b: b[:, 3] / b[:, 2],
+        "top": lambda b: b[:, 0],
+        "left": lambda b: b[:, 1],
+    }
+    for name, feature in features.items():
+        assert ks_statistic(feature(ours), feature(theirs)) < ks_critical(count, count), name
+    fallback = torchvision_fallback(height, width, ratio)
+    ours_rate, theirs_rate = ((boxes == fallback).all(axis=1).mean() for boxes in (ours, theirs))
+    assert theirs_rate >= min_fallback
+    assert abs(ours_rate - theirs_rate) <= 4 * np.sqrt(2 * max(theirs_rate * (1 - theirs_rate), 1 / count) / count)
 
 
 def test_central_fallback_when_no_box_fits() -> None:

@@ -47,6 +47,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     with torch.no_grad():
         teacher.fc.weight.mul_(40.0)  # confident enough that top-K differs between crops
     torch.save(teacher.state_dict(), root / "teacher.pth")
+    (root / "classes.txt").write_text("# the 3 data classes onto the 5-class teacher's first classes\nc0 0\nc1 1\nc2 2\n")
     return {"root": root, "images": make_image_folder(root / "images", classes=3, per_class=4), "teacher": root / "teacher.pth"}
 
 
@@ -54,7 +55,7 @@ def labelgen_argv(assets: dict[str, Path], out: Path) -> list[str]:
     return [
         "--teacher", "test_resnet", "--checkpoint", str(assets["teacher"]), "--no-pretrained", "--input-size", "32",
         "--data", str(assets["images"]), "--out", str(out), "--crops", "8", "--scheme", "marginal-smoothing", "--top-k", "3",
-        "--shard-size", "2", "--batch-size", "16", "--workers", "1", "--no-progress",
+        "--shard-size", "2", "--batch-size", "16", "--workers", "1", "--no-progress", "--class-map", str(assets["root"] / "classes.txt"),
     ]
 
 

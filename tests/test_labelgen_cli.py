@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import make_image_folder
 from fkd.config import parse_args_with_config
 from labelgen.cli import build_parser, config_from_args
 from labelgen.driver import Summary
@@ -67,10 +68,7 @@ def test_bad_options_exit_2_with_a_message(flags, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_shipped_recipes_parse():
-    imagenet = resolve("-c", str(REPO / "configs" / "labelgen-imagenet.yaml"), "--data", "D", "--out", "S")
-    assert imagenet.teacher_args.teacher == ["regnety_160"]
-    assert (imagenet.labels.crop_params.scale, imagenet.labels.scheme, imagenet.labels.top_k) == ((0.08, 0.936), "marginal-smoothing", 5)
+def test_shipped_cifar10_recipe_parses():  # the ImageNet recipe: test_config.py
     cifar = resolve("-c", str(REPO / "configs" / "labelgen-cifar10.yaml"), "--data", "D", "--out", "S")
     assert cifar.teacher_args.teacher_module == "fkd.zoo.keras_cifar10:create_model" and cifar.teacher_args.teacher is None
 
@@ -85,3 +83,31 @@ def test_summary_reports_sizes_and_speed():
         "size 3145728 bytes (3.0 MiB), 15.7 bytes per crop\n"
         "time 40.0 s; labelled 750 images in 30.0 s (25.0 images/s)"
     )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("--teacher", "test_resnett"), "fkd-labelgen: error: teacher: unknown timm model 'test_resnett'; close matches: test_resnet"),
+        (("--checkpoint", "/no/such.pth"), "fkd-labelgen: error: teacher: teacher checkpoint not found: /no/such.pth"),
+        (("--teacher-module", "no_such_pkg:make"), "fkd-labelgen: error: teacher: cannot import teacher module 'no_such_pkg'"),
+        (("--out", "FILE/store"), "fkd-labelgen: error: --out FILE/store: FILE is not a directory"),
+        (("--class-map", "/no/map.txt"), "fkd-labelgen: error: --class-map /no/map.txt: no such file"),
+    ],
+)
+def test_bad_inputs_are_refused_before_ray_starts(change, message, tmp_path, capsys, monkeypatch):
+    """A typo costs a second, not a cluster start: these are checked before ray.init."""
+    import ray
+
+    from labelgen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "FILE").write_text("a regular file")
+    images = make_image_folder(tmp_path / "images", classes=2, per_class=1)
+    options = {"--teacher": "test_resnet", "--data": str(images), "--out": str(tmp_path / "store")}
+    if change[0] == "--teacher-module":
+        del options["--teacher"]
+    options[change[0]] = change[1]
+    assert main([x for kv in options.items() for x in kv] + ["--no-pretrained", "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
+    assert not ray.is_initialized() and not (tmp_path / "store").exists()

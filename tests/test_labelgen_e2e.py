@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,10 @@ from fkd.store import LabelStore, Manifest
 from fkd.teachers import create_teacher
 from labelgen.cli import main
 from labelgen.worker import CRASH_ONCE_ENV
-from test_labelgen_worker import NUM_CLASSES, save_tiny_teacher
+from test_labelgen_worker import save_tiny_teacher
 
 CROPS = 6
+NUM_CLASSES = 3  # the teacher's classes are the data's three class folders
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,7 +42,7 @@ def assets(tmp_path_factory) -> dict[str, Path]:
     return {
         "root": root,
         "images": make_image_folder(root / "images", classes=3, per_class=4),
-        "teacher": save_tiny_teacher(root / "teacher.pth"),
+        "teacher": save_tiny_teacher(root / "teacher.pth", num_classes=NUM_CLASSES),
     }
 
 
@@ -75,11 +77,15 @@ def store_contents(path: Path) -> dict[str, object]:
         }
 
 
-def assert_same_store(a: Path, b: Path) -> None:
+def assert_same_store(a: Path, b: Path, labels_rtol: float = 0.0) -> None:
+    """The determinism guarantee: ids, sizes, boxes and flips bitwise equal; labels bitwise equal
+    (``labels_rtol`` 0) or, for another per-worker configuration, equal within ``labels_rtol``."""
     ca, cb = store_contents(a), store_contents(b)
     assert ca.keys() == cb.keys()
     for key in ca:
-        if isinstance(ca[key], np.ndarray):
+        if key == "values" and labels_rtol:
+            np.testing.assert_allclose(ca[key].astype(np.float64), cb[key].astype(np.float64), rtol=labels_rtol, atol=1e-7)
+        elif isinstance(ca[key], np.ndarray):
             np.testing.assert_array_equal(ca[key], cb[key], err_msg=key)
         else:
             assert ca[key] == cb[key], key
@@ -97,7 +103,8 @@ def test_store_is_complete_and_holds_the_teachers_labels(assets, baseline, capsy
         assert meta.data_fingerprint == images.fingerprint()
         assert (meta.seed, meta.crop_scale, meta.input_size, meta.bad_images) == (3, (0.2, 1.0), (32, 32), [])
         assert [t["name"] for t in meta.teachers] == ["test_resnet"]
-        assert meta.class_names == [str(c) for c in range(NUM_CLASSES)]  # 3 data classes != 10 teacher classes
+        assert meta.class_names == ["c0", "c1", "c2"]  # the data's: the teacher names none
+        assert (meta.teacher_precision, meta.image_fingerprint, meta.class_map) == ("fp32", "crc32", None)
 
         teacher = create_teacher(["test_resnet"], [str(assets["teacher"])], pretrained=False, input_size=32)
         for i in range(len(store)):
@@ -105,6 +112,7 @@ def test_store_is_complete_and_holds_the_teachers_labels(assets, baseline, capsy
             pixels = load_image(images.path(i))
             h, w = pixels.shape[-2:]
             assert (rec.height, rec.width) == (h, w)
+            assert rec.fingerprint == zlib.crc32(images.path(i).read_bytes())
             crops = sample_crops(rec.image_id, h, w, CROPS, 3, CropParams(scale=(0.2, 1.0)))
             np.testing.assert_array_equal(rec.boxes_fixed, boxes_to_fixed(crops.boxes, h, w))
             np.testing.assert_array_equal(rec.flips, crops.flips)
@@ -118,9 +126,18 @@ def test_store_is_complete_and_holds_the_teachers_labels(assets, baseline, capsy
 
 
 def test_two_workers_make_the_same_store(assets, baseline, tmp_path, capsys):
+    """Bitwise, labels included: the teacher's threads are a setting (default 1), not a share of
+    the CPUs, so one worker with 2 CPUs and two with 1 each compute alike."""
     assert main(argv(assets, tmp_path / "store", "--workers", "2")) == 0
     assert "12 images, 72 crops, 3 shards (3 written, 0 already done)" in capsys.readouterr().out
     assert_same_store(baseline, tmp_path / "store")
+
+
+def test_another_thread_count_keeps_crops_bitwise_and_labels_within_float_reproducibility(assets, baseline, tmp_path):
+    out = tmp_path / "store"
+    assert main(argv(assets, out, "--workers", "1", "--threads", "2")) == 0
+    assert yaml.safe_load((out / "labelgen-args.yaml").read_text())["threads"] == 2
+    assert_same_store(baseline, out, labels_rtol=2**-9)  # float16 labels: within 2 units in the last place
 
 
 def test_a_worker_killed_mid_shard_costs_only_a_retry(assets, baseline, tmp_path, monkeypatch, capsys):
@@ -170,11 +187,39 @@ def test_rerun_on_changed_data_is_refused_naming_the_setting(assets, baseline, t
 
 
 def test_a_teacher_that_cannot_be_loaded_is_a_clean_error(assets, tmp_path, capsys):
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"not a checkpoint")
     args = argv(assets, tmp_path / "store")
-    args[args.index("test_resnet")] = "test_resnett"
+    args[args.index(str(assets["teacher"]))] = str(broken)
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "fkd-labelgen: error: the teacher could not be loaded: fkd.teachers.TeacherError: unknown timm model 'test_resnett'" in err
+    assert f"fkd-labelgen: error: the teacher could not be loaded: fkd.teachers.TeacherError: cannot read teacher checkpoint {broken}" in err
+    assert not (tmp_path / "store").exists()
+
+
+def test_data_classes_that_are_not_the_teachers_are_refused_unless_mapped(assets, tmp_path, capsys):
+    """Two class folders under a three-class teacher: refused before anything is written; with a
+    class map, the store keeps the map and the ground truth in the teacher's classes."""
+    data = tmp_path / "two-classes"
+    for name in ("cat", "dog"):
+        shutil.copytree(assets["images"] / "c0", data / name)
+    assert main(argv(assets, tmp_path / "refused", data=data)) == 2
+    err = capsys.readouterr().err
+    assert "fkd-labelgen: error: --data has 2 classes (cat, dog), not the teacher's 3 classes; pass --class-map FILE" in err
+    assert not (tmp_path / "refused" / "store.json").exists()
+
+    class_map = tmp_path / "map.txt"
+    class_map.write_text("cat 2\ndog 0\n")
+    assert main(argv(assets, tmp_path / "mapped", "--class-map", str(class_map), data=data)) == 0
+    with LabelStore(tmp_path / "mapped") as store:
+        assert store.meta.class_map == {"cat": 2, "dog": 0}
+        assert store.meta.class_names == ["0", "1", "2"]
+        assert store.labels.tolist() == [2] * 4 + [0] * 4
+
+
+def test_top_k_beyond_the_teachers_classes_is_refused(assets, tmp_path, capsys):
+    assert main(argv(assets, tmp_path / "store", "--scheme", "marginal-smoothing", "--top-k", "4")) == 2
+    assert "fkd-labelgen: error: --top-k 4 exceeds the teacher's 3 classes; use --top-k 3 or less" in capsys.readouterr().err
     assert not (tmp_path / "store").exists()
 
 
@@ -182,8 +227,8 @@ def test_worker_sizing_defaults_and_limits():
     from labelgen.driver import Sizing, resolve_sizing
     from labelgen.errors import InputError
 
-    assert resolve_sizing(None, None, None) == Sizing(1, 2.0, 0.0)  # no GPU: a worker per 4 CPUs, at least one
-    assert resolve_sizing(2, None, None) == Sizing(2, 1.0, 0.0)
+    assert resolve_sizing(None, None, None) == Sizing(2, 1.0, 0.0)  # no GPU: a worker per CPU
+    assert resolve_sizing(1, None, None) == Sizing(1, 2.0, 0.0)
     with pytest.raises(InputError, match=r"3 workers x \(1 CPUs, 0 GPUs\) do not fit the Ray cluster \(2 CPUs, 0 GPUs\)"):
         resolve_sizing(3, 1, None)
     with pytest.raises(InputError, match=r"1 workers x \(1 CPUs, 1 GPUs\) do not fit"):

@@ -170,5 +170,5 @@ def test_bad_arguments_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     with pytest.raises(SystemExit) as exc:
         main(["convert", str(src), "--top-k", "0", "--out", str(tmp_path / "o")])
     assert exc.value.code == 2 and "expected a positive integer, got 0" in capsys.readouterr().err
-    assert main(["convert", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 1
-    assert "no label store here (store.json is missing)" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2  # a wrong path is a bad request
+    assert f"{tmp_path / 'nowhere'}: no such directory; pass a label store directory" in capsys.readouterr().err

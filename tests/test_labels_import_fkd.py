@@ -3,6 +3,7 @@ pixel boxes, flips and decoded labels; anything else is refused cleanly (and nev
 
 from __future__ import annotations
 
+import json
 import pathlib
 from pathlib import Path
 
@@ -102,6 +103,9 @@ def test_import_generator_layout(dataset: Path, tmp_path: Path, capsys: pytest.C
         theirs = fkd_recover_marginal_smoothing(fkd_payload(probs[i], "marginal"), CLASSES)
         np.testing.assert_allclose(ours.numpy(), theirs, atol=1e-3)  # float16 storage
     assert verify_store(out, progress=False).ok
+    assert main(["info", str(out), "--json"]) == 0 and json.loads(capsys.readouterr().out)["seed"] is None  # FKD crops are unseeded
+    assert main(["info", str(out)]) == 0
+    assert "flip p=0.5, unseeded (imported from the official FKD format)\n" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("label_type,scheme,fp16", [("hard", "hardening", False), ("smoothing", "smoothing", True),

@@ -60,6 +60,41 @@ def test_info_text_and_incomplete_store(random_store: tuple[Path, dict], capsys:
     assert "status:       INCOMPLETE: 1 shards missing (first: [1])" in run(capsys, "info", str(path))[1]
 
 
+def test_info_sees_deleted_and_truncated_shards(random_store: tuple[Path, dict], capsys: pytest.CaptureFixture) -> None:
+    """The manifest lists every shard, but a file deleted or cut short makes the store unusable:
+    info checks each file's presence and size (no hashing) and never calls such a store complete."""
+    path, _ = random_store
+    shard_file(path, 1).unlink()
+    size = shard_file(path, 2).stat().st_size
+    with open(shard_file(path, 2), "r+b") as f:
+        f.truncate(size - 10)
+    code, out, _ = run(capsys, "info", str(path), "--json")
+    info = json.loads(out)
+    assert code == 0 and info["complete"] is False and info["missing_shards"] == []
+    assert info["damaged_shards"] == {
+        "shard-00001.h5": "shard file is missing",
+        "shard-00002.h5": f"shard is truncated: {size - 10} bytes, the manifest recorded {size}",
+    }
+    code, out, _ = run(capsys, "info", str(path))
+    assert (f"status:       DAMAGED: 2 finished shards (shard-00001.h5: shard file is missing; shard-00002.h5: shard is "
+            f"truncated: {size - 10} bytes, the manifest recorded {size}); 'fkd-labels verify {path} --repair-plan' says what to redo\n") in out
+
+
+@pytest.mark.parametrize("command", ["info", "verify", "convert", "export-fkd", "merge"])
+def test_a_path_without_a_store_is_a_bad_request(command: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Exit 2 as --help promises for a bad request; 1 is kept for stores that are damaged."""
+    extra = {"convert": ["--out", str(tmp_path / "o")], "export-fkd": ["--out", str(tmp_path / "o")],
+             "merge": [str(tmp_path), "--out", str(tmp_path / "o")]}.get(command, [])
+    code, _, err = run(capsys, command, str(tmp_path), *extra)
+    assert code == 2
+    assert err == (f"fkd-labels {command}: error: {tmp_path}: not a label store (no store.json in it); pass a directory "
+                   "written by fkd-labelgen\n")
+    code, _, err = run(capsys, command, str(tmp_path / "nowhere"), *extra)
+    assert code == 2
+    assert err == f"fkd-labels {command}: error: {tmp_path / 'nowhere'}: no such directory; pass a label store directory (written by fkd-labelgen)\n"
+    assert not (tmp_path / "o").exists()
+
+
 def test_info_subset_counts(random_store: tuple[Path, dict], capsys: pytest.CaptureFixture) -> None:
     path, _ = random_store
     code, out, _ = run(capsys, "info", str(path), "--json", "--subset", "classes=class1,class2")
@@ -104,8 +139,12 @@ def test_verify_reports_every_damaged_shard(tmp_path: Path, capsys: pytest.Captu
     assert "note: shard files not listed in the manifest (ignored): shard-00004.h5" in out
     assert "note: temporary files left by an interrupted write: .shard-00004.h5.abc.tmp" in out
     assert f"FAILED: {path}: 5 of 6 shards need attention (1 unfinished, 1 missing, 3 corrupt)" in out
-    assert "repair plan: fkd-labelgen must redo 5 shards (20 images): 0-4" in out
-    assert "drops damaged shards 0-3 from the manifest" in out
+    # missing, truncated, bit-flipped and foreign files all fail labelgen's resume check: a rerun alone repairs them
+    assert out.endswith(
+        "repair plan: fkd-labelgen must redo 5 shards (20 images): 0-4\n"
+        "  1. rerun fkd-labelgen with the same arguments and --out: it labels the shards the manifest lacks and relabels those "
+        "whose file is missing or changed\n"
+    )
 
     code, out, _ = run(capsys, "verify", str(path), "--json", "--quiet")
     report = json.loads(out)
@@ -133,8 +172,14 @@ def test_verify_checks_payload_values_behind_valid_checksums(tmp_path: Path, cap
     ids = [f"x/{i}.jpg" for i in range(4)]
     manifest.shards[0] = write_shard(path, meta, 0, ShardData(ids, np.zeros(4), np.full((4, 2), 32), records))
     manifest.save(path)
-    code, out, _ = run(capsys, "verify", str(path), "--quiet")
+    code, out, _ = run(capsys, "verify", str(path), "--quiet", "--repair-plan")
     assert code == 1
+    assert out.endswith(  # its file matches the manifest, so a rerun would keep it: --repair must drop it first
+        f"  1. fkd-labels verify {path} --repair   (shards 0 match the manifest but hold bad records, which a rerun would "
+        "keep: this drops them from the manifest)\n"
+        "  2. rerun fkd-labelgen with the same arguments and --out: it labels the shards the manifest lacks and relabels those "
+        "whose file is missing or changed\n"
+    )
     assert "image 0 ('x/0.jpg'): class index 12 is not below num_classes 10" in out
     assert "image 0 ('x/0.jpg'): stored probabilities outside [0, 1] (or not finite)" in out
     assert "image 0 ('x/0.jpg'): crop boxes that are empty or extend past the image" in out
@@ -151,8 +196,9 @@ def test_verify_reports_duplicate_image_ids(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_verify_unusable_manifest(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "store.json").write_text("{not json")
     code, _, err = run(capsys, "verify", str(tmp_path))
-    assert code == 1 and err == f"fkd-labels verify: error: {tmp_path / 'store.json'}: no label store here (store.json is missing)\n"
+    assert code == 1 and err.startswith(f"fkd-labels verify: error: {tmp_path / 'store.json'}: unreadable manifest: ")
 
 
 def test_repair_is_refused_while_the_store_is_being_written(random_store: tuple[Path, dict], capsys: pytest.CaptureFixture) -> None:

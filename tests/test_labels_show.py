@@ -80,4 +80,9 @@ def test_show_errors(store_and_data: tuple[Path, Path], tmp_path: Path, capsys: 
     assert "image index 12 is out of range: the store holds 12 images" in capsys.readouterr().err
     assert main(["show", str(store), "--image", "3", "--data", str(tmp_path), "--out", out]) == 2
     assert f"image file {tmp_path / 'c0/img003.jpg'} not found; pass the --data the store was generated from" in capsys.readouterr().err
+    missing = tmp_path / "no-such-folder"  # named in full, not as its parent + the image id
+    assert main(["show", str(store), "--image", "3", "--data", str(missing), "--out", out]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"fkd-labels show: error: --data {missing}: no such directory or list file; pass the --data the store was generated from\n"
+    )
     assert not Path(out).exists()

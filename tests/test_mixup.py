@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from timm.data import mixup as timm_mixup
 
 from train.mixup import MixInfo, SoftTargetMixup, cutmix_box
 
@@ -64,6 +65,34 @@ def test_cutmix_box_matches_timm_formula(seed: int) -> None:
     top, bottom, left, right = max(cy - 4, 0), min(cy + 4, 16), max(cx - 3, 0), min(cx + 3, 12)
     assert box == (top, bottom, left, right)
     assert lam == 1 - (bottom - top) * (right - left) / (16 * 12)
+
+
+class FixedCentre:
+    """Stands in for the generator in ``cutmix_box``: its two draws are the box centre (row, column)."""
+
+    def __init__(self, cy: int, cx: int):
+        self.draws = [cy, cx]
+
+    def integers(self, low: int, high: int) -> int:
+        return self.draws.pop(0)
+
+
+@pytest.mark.parametrize("lam", [0.19, 0.36, 0.75])  # box sides 13x9, 12x8, 7x5 on a 15x11 image: odd and even
+def test_cutmix_box_equals_timms_rand_bbox_on_odd_sides(lam: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At every centre of an odd-sized image, the same box as timm's rand_bbox given that centre."""
+    height, width = 15, 11
+    centre: list[int] = []
+    monkeypatch.setattr(timm_mixup.np.random, "randint", lambda low, high, size=None: centre.pop(0))
+    for cy in range(height):
+        for cx in range(width):
+            centre[:] = [cy, cx]
+            expected = tuple(int(v) for v in timm_mixup.rand_bbox((height, width), lam))
+            box, corrected = cutmix_box(FixedCentre(cy, cx), height, width, lam)  # type: ignore[arg-type]
+            assert box == expected, (cy, cx)
+            assert corrected == 1 - (box[1] - box[0]) * (box[3] - box[2]) / (height * width)
+    box, _ = cutmix_box(FixedCentre(7, 5), height, width, lam)  # type: ignore[arg-type]
+    cut = int(height * np.sqrt(1 - lam)), int(width * np.sqrt(1 - lam))
+    assert (box[1] - box[0], box[3] - box[2]) == cut  # unclipped, the box is exactly cut_h x cut_w pixels
 
 
 def test_cutmix_minmax_box_is_inside_and_sized() -> None:

@@ -1,19 +1,24 @@
-"""``fkd-train``: command line (flags, ``-c recipe.yaml``) and the error handling around a run."""
+"""``fkd-train``: command line (flags, ``-c recipe.yaml``) and the error handling around a run.
+
+Failures a user can fix are one line, never a traceback: exit 2 for bad inputs (also when the
+DataLoader re-raises one from a worker, wrapped in the worker's traceback), 130 on Ctrl-C with
+where to resume. torch, timm and the run are imported only once the arguments parse, so ``--help``
+and argument errors answer at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from fkd.config import parse_args_with_config
-from fkd.images import BadImageError
-from fkd.store import StoreError
-from fkd.teachers import add_teacher_args
+from fkd.teacher_options import add_teacher_args
 
 from .errors import SetupError
-from .modes import MODES
-from .run import run
+from .mode_names import DISTILL_DEFAULTS, MODES
 
 DESCRIPTION = """\
 Train a timm student from an FKD label store made by fkd-labelgen, without running the teacher.
@@ -84,16 +89,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fkd: stored soft labels (default); supervised: ground truth only; online-kd: the teacher runs every step; "
                         "deit: distillation token learns the stored labels, class token the ground truth")
     g.add_argument("--smoothing", type=float, default=0.0, help="label smoothing of ground-truth targets (supervised, online-kd, deit; default 0)")
-    g.add_argument("--kd", choices=("soft", "hard"), default="soft",
+    g.add_argument("--kd", choices=("soft", "hard"), default=DISTILL_DEFAULTS["kd"],
                    help="online-kd/deit distillation: soft (KL at --kd-tau, x tau^2; deit: the stored distribution) or hard (CE on the teacher's top-1)")
-    g.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the distillation term: (1-alpha)*CE + alpha*KD (default 0.5; DeiT soft: 0.1)")
-    g.add_argument("--kd-tau", type=float, default=1.0, help="online-kd soft distillation temperature (default 1; DeiT soft: 3)")
+    g.add_argument("--kd-alpha", type=float, default=DISTILL_DEFAULTS["kd_alpha"],
+                   help="online-kd/deit weight of the distillation term: (1-alpha)*CE + alpha*KD (default 0.5; DeiT soft: 0.1)")
+    g.add_argument("--kd-tau", type=float, default=DISTILL_DEFAULTS["kd_tau"],
+                   help="online-kd/deit soft distillation temperature: tau^2 KL(softmax(t/tau) || softmax(z/tau)), the online teacher "
+                        "running at temperature 1; deit re-tempers the stored probabilities: exact for the full scheme, an approximation "
+                        "for top-K schemes (their tail outside the top K was filled in by the decoder, not the teacher). "
+                        "Not with --kd hard (default 1; DeiT soft: 3)")
     g.add_argument("--teacher-input-size", type=int, metavar="PIXELS",
                    help="online-kd: side length the crops are resized to for the teacher (default: the first teacher's own; teacher options below)")
     g.add_argument("--mixup", type=float, default=0.0, help="Mixup Beta alpha (0 = off); mixes the soft targets with the same lambda")
     g.add_argument("--cutmix", type=float, default=0.0, help="CutMix Beta alpha (0 = off); lambda corrected by the clipped box area")
     g.add_argument("--mixup-prob", type=float, default=1.0, help="probability of mixing a batch (default 1)")
-    g.add_argument("--mixup-switch-prob", type=float, default=0.5, help="probability of CutMix instead of Mixup when both are on (default 0.5)")
+    g.add_argument("--mixup-switch-prob", type=float, default=0.5,
+                   help="probability of CutMix instead of Mixup when both are on, as in timm (default 0.5); the official FKD code's "
+                        "switch prob means the opposite: there 1.0 is Mixup only")
 
     add_teacher_args(p)
     share_teacher_options(p)
@@ -123,15 +135,58 @@ def share_teacher_options(parser: argparse.ArgumentParser) -> None:
     )
     options["--no-pretrained"].dest = "teacher_pretrained"
     options["--no-pretrained"].help = "online-kd: do not load timm pretrained weights for the teacher (random init unless --checkpoint)"
+    options["--temperature"].help = "fkd-labelgen's teacher temperature, refused here unless 1: the distillation temperature is --kd-tau"
+
+
+WORKER_ERROR = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
+"""How torch re-raises a worker's exception: its type name, then the worker's whole traceback."""
+
+
+def worker_error_message(exc: BaseException, clean: tuple[type[BaseException], ...]) -> "str | None":
+    """The original one-line message of a ``clean`` error that a DataLoader worker raised, else None."""
+    found = WORKER_ERROR.match(str(exc))
+    if found is None or found.group(1) not in _class_names(clean):
+        return None
+    last = str(exc).rsplit("Traceback (most recent call last):\n", 1)[-1]
+    line = next((line for line in last.splitlines() if line and not line[0].isspace()), None)  # "module.Type: message"
+    return None if line is None else re.sub(r"^[\w.]+: ", "", line, count=1)
+
+
+def _class_names(classes: "tuple[type, ...]") -> set[str]:
+    names: set[str] = set()
+    for cls in classes:
+        names |= {cls.__name__} | _class_names(tuple(cls.__subclasses__()))
+    return names
+
+
+def interrupted_message(output: Path) -> str:
+    from .checkpoint import LAST_NAME
+
+    last = output / LAST_NAME
+    if last.is_file():
+        return f"fkd-train: interrupted; continue with --resume auto (it resumes from {last}, the last finished epoch)"
+    return "fkd-train: interrupted before the first checkpoint: nothing to resume"
 
 
 def main(argv: "Sequence[str] | None" = None) -> int:
     parser = build_parser()
     args = parse_args_with_config(parser, argv)
+    from fkd.images import BadImageError, ImageMismatchError
+    from fkd.store import StoreError
+
+    from .run import run
+
+    clean = (SetupError, StoreError, BadImageError, ImageMismatchError, FileNotFoundError, FloatingPointError)
     try:
         run(args)
-    except (SetupError, StoreError, BadImageError, FileNotFoundError, FloatingPointError) as exc:
-        print(f"fkd-train: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(interrupted_message(Path(args.output)), file=sys.stderr)
+        return 130
+    except Exception as exc:
+        message = worker_error_message(exc, clean)
+        if message is None and not isinstance(exc, clean):
+            raise
+        print(f"fkd-train: error: {message or exc}", file=sys.stderr)
         return 2
     return 0
 

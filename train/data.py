@@ -30,7 +30,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from torchvision.transforms.v2 import functional as TF
 
 from fkd.crops import CropParams, boxes_to_fixed, parse_interpolation, replay_fixed, sample_crops
-from fkd.images import ImageList, load_image
+from fkd.images import ImageList, check_fingerprint, load_image, read_image
 from fkd.store import LabelStore
 
 from .augment import CropAugment, seeded_rngs
@@ -45,13 +45,15 @@ def derived_seed(*parts: int) -> int:
 @dataclass
 class CropPlan:
     """The n crops to cut from one image: fixed-point boxes (n, 4) relative to the image size,
-    flips (n,), which of the image's crops they are (n,), and the stored payload rows (n, k)."""
+    flips (n,), which of the image's crops they are (n,), the stored payload rows (n, k), and the
+    fingerprint the image file must have (None: not checked)."""
 
     boxes_fixed: np.ndarray
     flips: np.ndarray
     crop_ids: np.ndarray
     indices: "np.ndarray | None" = None
     values: "np.ndarray | None" = None
+    fingerprint: "int | None" = None  # the image file's CRC-32 the labels were made from, to check
 
 
 class CropPlanner(Protocol):
@@ -64,11 +66,15 @@ class CropPlanner(Protocol):
 class StoreCropPlanner:
     """n of an image's M stored crops per epoch, drawn without replacement from (seed, epoch, index).
 
-    The image must have the size the crops were drawn on, unless ``allow_resized`` (boxes are
-    fractions of the image size, so they map onto a resized copy of the same image).
+    The image must be the file the crops were labelled on: same fingerprint (CRC-32 of its bytes,
+    when the store records them) and same size. ``allow_resized`` accepts a resized copy instead
+    (boxes are fractions of the image size, so they map onto it; its bytes differ, so fingerprints
+    are not checked). ``check_fingerprints=False`` exists for the loader benchmark.
     """
 
-    def __init__(self, store: LabelStore, crops_per_image: int, seed: int, allow_resized: bool = False):
+    def __init__(
+        self, store: LabelStore, crops_per_image: int, seed: int, allow_resized: bool = False, check_fingerprints: bool = True
+    ):
         if not 1 <= crops_per_image <= store.meta.num_crops:
             raise SetupError(
                 f"--crops-per-image must be in 1..{store.meta.num_crops} (the store holds {store.meta.num_crops} crops per image), got {crops_per_image}"
@@ -77,6 +83,7 @@ class StoreCropPlanner:
         self.crops_per_image = crops_per_image
         self.seed = seed
         self.allow_resized = allow_resized
+        self.check_fingerprints = check_fingerprints and not allow_resized
         self.image_ids = list(store.image_ids)
         self.labels = store.labels
         store.close()  # DataLoader workers fork from here: no HDF5 handle may be open (they reopen lazily).
@@ -94,6 +101,7 @@ class StoreCropPlanner:
             rec.boxes_fixed[chosen], rec.flips[chosen], chosen,
             None if rec.indices is None else rec.indices[chosen],
             None if rec.values is None else rec.values[chosen],
+            rec.fingerprint if self.check_fingerprints else None,
         )
 
 
@@ -151,9 +159,11 @@ class MultiCropDataset(Dataset):
 
     def __getitem__(self, key: "tuple[int, int]") -> CropSample:
         epoch, index = key
-        image = load_image(self.root / self.planner.image_ids[index])
+        loaded = read_image(self.root / self.planner.image_ids[index])
+        image = loaded.pixels
         height, width = image.shape[-2:]
         plan = self.planner.plan(index, epoch, height, width)
+        check_fingerprint(self.root / self.planner.image_ids[index], loaded.fingerprint, plan.fingerprint)
         crops = replay_fixed(image, plan.boxes_fixed, plan.flips, self.size, self.interpolation)
         if self.augment is not None:
             with seeded_rngs(derived_seed(self.seed, epoch, index, 1)):

@@ -49,9 +49,11 @@ def cutmix_box(
 ) -> tuple[Box, float]:
     """A CutMix box and the corrected ``lam = 1 - box_area / (height * width)``.
 
-    Without ``minmax`` the box has sides ``int(side * sqrt(1 - lam))`` centred on a uniform pixel,
-    then clipped to the image (timm's ``rand_bbox``); with ``minmax = (lo, hi)`` each side is a
-    uniform fraction of the image side in ``[lo, hi)``, placed fully inside (timm's
+    Without ``minmax`` the box has sides ``cut = int(side * sqrt(1 - lam))`` around a uniform pixel
+    ``c``: ``c - cut // 2`` (inclusive) to ``c + (cut + 1) // 2`` (exclusive), ``cut`` pixels for odd
+    ``cut`` too, then clipped to the image: timm's ``rand_bbox`` as pinned (1.0.31; older timm
+    releases used ``c + cut // 2``, one pixel short on odd sides). With ``minmax = (lo, hi)`` each
+    side is a uniform fraction of the image side in ``[lo, hi)``, placed fully inside (timm's
     ``rand_bbox_minmax``, where ``lam`` is ignored).
     """
     if minmax is None:

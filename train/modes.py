@@ -9,11 +9,13 @@ online-kd, the mixed images in [0, 1]) into a scalar.
 - ``online-kd``: ground truth, plus the teacher run on the same mixed crops in the loop;
   ``(1 - alpha) * CE + alpha * KD`` (soft: tau^2 KL at tau, hard: CE on the teacher's argmax).
 - ``deit``: ground truth for the class head and the stored labels for the distillation head,
-  mixed together as one (B*n, 2C) target so both get the same lambda.
+  mixed together as one (B*n, 2C) target so both get the same lambda; soft distillation at
+  ``tau != 1`` re-tempers the stored probabilities (see ``DeiTMode``).
 """
 
 from __future__ import annotations
 
+import argparse
 from typing import Protocol
 
 import torch
@@ -24,10 +26,30 @@ from fkd.losses import DistillationLoss, deit_token_loss, soft_target_cross_entr
 from fkd.quantize import decode
 
 from .data import CropBatch
+from .errors import SetupError
+from .mode_names import DISTILL_DEFAULTS, DISTILL_MODES, STORE_MODES  # noqa: F401 (STORE_MODES: run.py imports it from here)
 
-MODES: tuple[str, ...] = ("fkd", "supervised", "online-kd", "deit")
-STORE_MODES: frozenset[str] = frozenset({"fkd", "deit"})
-"""Modes that read the label store; the others draw fresh random crops from --data."""
+
+def check_distillation_args(args: argparse.Namespace) -> None:
+    """Refuse distillation settings a run would not use, instead of silently ignoring them.
+
+    One temperature, as Hinton KD defines it: the online teacher runs at temperature 1 and --kd-tau
+    tempers it once, in the loss; so fkd-train refuses the teacher's own --temperature.
+    """
+    if args.temperature != 1.0:
+        raise SetupError(
+            f"--temperature {args.temperature} is not used by fkd-train: set the distillation temperature with --kd-tau "
+            f"(--mode {' and '.join(DISTILL_MODES)}; the teacher runs at temperature 1)"
+        )
+    if args.mode not in DISTILL_MODES:
+        for name, default in DISTILL_DEFAULTS.items():
+            if getattr(args, name) != default:
+                raise SetupError(
+                    f"--{name.replace('_', '-')} {getattr(args, name)} has no effect in --mode {args.mode}: "
+                    f"it is used by --mode {' and '.join(DISTILL_MODES)} only"
+                )
+    if args.kd == "hard" and args.kd_tau != 1.0:
+        raise SetupError(f"--kd-tau {args.kd_tau} has no effect with --kd hard (it learns the teacher's top-1 class); use --kd soft or drop --kd-tau")
 
 
 class TrainMode(Protocol):
@@ -74,7 +96,9 @@ class SupervisedMode:
 class OnlineKDMode(SupervisedMode):
     """Vanilla KD: the teacher sees the student's (mixed) crops, resized to its input size.
 
-    ``teacher`` maps images in [0, 1] at its input size to probabilities (fkd.teachers.Teacher).
+    ``teacher`` maps images in [0, 1] at its input size to probabilities at temperature 1
+    (fkd.teachers.Teacher); the loss tempers them once, exactly, with ``tau``: Hinton's
+    ``tau**2 * KL(softmax(t/tau) || softmax(z/tau))``.
     """
 
     def __init__(self, teacher: nn.Module, num_classes: int, smoothing: float, kind: str, alpha: float, tau: float):
@@ -95,14 +119,26 @@ class OnlineKDMode(SupervisedMode):
 
 class DeiTMode:
     """Distillation token: class head <- ground truth, distillation head <- stored labels (hard:
-    the store's top-1, soft: the decoded distribution). The model returns (cls, dist) in training."""
+    the store's top-1, soft: the decoded distribution). The model returns (cls, dist) in training.
 
-    def __init__(self, scheme: str, num_classes: int, smoothing: float, kind: str, alpha: float):
+    Soft distillation at ``tau != 1`` is DeiT's ``tau**2 * KL(softmax(t/tau) || softmax(z/tau))``
+    with the teacher's tempered distribution rebuilt from the stored probabilities as
+    ``p**(1/tau)`` renormalized (``fkd.losses.teacher_distribution``; the store's own generation
+    temperature, normally 1, multiplies tau): exact for the ``full`` scheme (up to float16 storage),
+    an approximation for the top-K schemes, whose mass outside the top K was spread (or dropped and
+    renormalized) by the decoder instead of following the teacher's real tail. The (mixed) decoded
+    target stands for the teacher's output on the (mixed) crop, as DeiT tempers the teacher's output
+    on the mixed image. At ``tau == 1`` the loss stays the soft-target cross-entropy, which differs
+    from that KL by the target's entropy only: same gradient, no log of the target needed.
+    """
+
+    def __init__(self, scheme: str, num_classes: int, smoothing: float, kind: str, alpha: float, tau: float = 1.0):
         self.scheme = scheme
         self.num_classes = num_classes
         self.smoothing = smoothing
         self.kind = kind
         self.alpha = alpha
+        self.tau = tau
 
     def targets(self, batch: CropBatch) -> torch.Tensor:
         gt = one_hot_targets(batch.labels, self.num_classes, self.smoothing)
@@ -113,4 +149,5 @@ class DeiTMode:
             raise TypeError("--mode deit needs a distilled model (timm deit_*_distilled_*) in distilled training mode")
         cls_logits, dist_logits = output
         gt, teacher = targets.split(self.num_classes, dim=1)
-        return deit_token_loss(cls_logits, dist_logits, gt, teacher, self.kind, self.alpha)
+        tau = None if self.tau == 1.0 else self.tau
+        return deit_token_loss(cls_logits, dist_logits, gt, teacher, self.kind, self.alpha, tau, teacher_is_prob=True)

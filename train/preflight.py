@@ -2,15 +2,19 @@
 
 A store trained against the wrong images trains happily on wrong labels, so mismatches are refused
 up front, naming what differs: image ids missing under --data, labels or class names that differ,
-another class count than the model's, images of another size than the crops were drawn on.
+another class count than the model's, image files other than those labelled (fingerprints) or of
+another size than the crops were drawn on.
 (An incomplete store is already refused by ``LabelStore``.)
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from fkd.images import UNKNOWN_LABEL, ImageList, load_image
+from fkd.classes import ClassSpaceError, apply_class_map, is_numbered
+from fkd.images import UNKNOWN_LABEL, ImageList, ImageMismatchError, check_fingerprint, read_image
 from fkd.store import LabelStore
 
 from .errors import DataMismatchError
@@ -43,7 +47,13 @@ def check_store_matches_data(store: LabelStore, data: ImageList, allow_resized: 
             f"(e.g. {_examples(missing)}); was the store made from other images?"
         )
     names = (list(store.meta.class_names), list(data.class_names))
-    if len(names[0]) == len(names[1]) and names[0] != names[1] and not any(_numbered(n) for n in names):
+    if not is_numbered(names[1]) and len(names[1]) != len(names[0]):
+        raise DataMismatchError(
+            f"--data has {len(names[1])} classes ({_examples(names[1], 3)}) but the store's labels cover {len(names[0])} "
+            f"({_examples(names[0], 3)}): a student would learn one class space and be scored in another; label the data "
+            "with a teacher of its classes, or with fkd-labelgen --class-map"
+        )
+    if len(names[0]) == len(names[1]) and names[0] != names[1] and not any(is_numbered(n) for n in names):
         diff = [f"{i}: store {a!r} vs data {b!r}" for i, (a, b) in enumerate(zip(*names)) if a != b]
         raise DataMismatchError(f"class names differ between the store and --data ({_examples(diff, 3)})")
     store_labels = store.labels
@@ -53,23 +63,44 @@ def check_store_matches_data(store: LabelStore, data: ImageList, allow_resized: 
     if len(wrong):
         diff = [f"{store_ids[i]} (store {store_labels[i]}, data {data_labels[i]})" for i in wrong]
         raise DataMismatchError(f"{len(wrong)} images have another label in the store than under --data: {_examples(diff)}")
+    warnings = []
     if not allow_resized:
-        sizes = store.image_sizes
-        for i in np.unique(np.linspace(0, len(store_ids) - 1, min(SIZE_CHECK_IMAGES, len(store_ids))).astype(int)):
-            height, width = load_image(data.root / store_ids[i]).shape[-2:]
-            if (height, width) != tuple(sizes[i]):
-                raise DataMismatchError(
-                    f"{store_ids[i]}: the image is {height}x{width} pixels but the store's crops were drawn on "
-                    f"{sizes[i][0]}x{sizes[i][1]}; use the data the store was made from, or pass --allow-resized"
-                )
+        check_sample_images(store, data.root)
+        if store.meta.image_fingerprint == "none":
+            warnings.append("the store records no image fingerprints (made by an older fkd): images are matched by path and size only")
     extra = len(data_index) - len(store_ids)
-    return [f"{extra} images under --data are not in the store and are not used"] if extra > 0 else []
+    return warnings + ([f"{extra} images under --data are not in the store and are not used"] if extra > 0 else [])
 
 
-def _numbered(names: list[str]) -> bool:
-    """Class names '0', '1', ... are placeholders (a list file, or a store whose teacher's classes did
-    not match the data's folders): nothing to compare."""
-    return all(n == str(i) for i, n in enumerate(names))
+def check_sample_images(store: LabelStore, root: Path) -> None:
+    """Decode SIZE_CHECK_IMAGES images spread over the store: each must be the file the labels were
+    made from (fingerprint, where recorded) and of the size its crops were drawn on. Training checks
+    every image's fingerprint as it loads it; this fails the run before the first step instead."""
+    ids, sizes = store.image_ids, store.image_sizes
+    for i in np.unique(np.linspace(0, len(ids) - 1, min(SIZE_CHECK_IMAGES, len(ids))).astype(int)):
+        path = root / ids[i]
+        loaded = read_image(path)
+        try:
+            check_fingerprint(path, loaded.fingerprint, store.read(int(i)).fingerprint)
+        except ImageMismatchError as exc:
+            raise DataMismatchError(str(exc)) from None
+        height, width = loaded.pixels.shape[-2:]
+        if (height, width) != tuple(sizes[i]):
+            raise DataMismatchError(
+                f"{ids[i]}: the image is {height}x{width} pixels but the store's crops were drawn on "
+                f"{sizes[i][0]}x{sizes[i][1]}; use the data the store was made from, or pass --allow-resized"
+            )
+
+
+def in_store_classes(images: ImageList, store: "LabelStore | None", flag: str) -> ImageList:
+    """The listing with labels in the store's class space: a store labelled with ``--class-map``
+    records the map, and the training and validation folders are moved through it alike."""
+    if store is None or store.meta.class_map is None:
+        return images
+    try:
+        return apply_class_map(images, store.meta.class_map, store.meta.class_names)
+    except ClassSpaceError as exc:
+        raise DataMismatchError(f"{flag}: {exc}") from None
 
 
 def check_labels_known(labels: np.ndarray, ids: list[str], source: str, mode: str) -> None:

@@ -23,7 +23,6 @@ from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from fkd.config import save_args
 from fkd.crops import DEFAULT_RATIO, DEFAULT_SCALE, CropParams
 from fkd.images import ImageList, list_images
 from fkd.store import LabelStore
@@ -36,18 +35,22 @@ from .distributed import DistInfo, all_gather_objects, barrier, init_distributed
 from .engine import EvalStats, Normalizer, Trainer, evaluate, train_one_epoch
 from .errors import SetupError
 from .mixup import SoftTargetMixup
-from .modes import STORE_MODES, DeiTMode, FKDMode, OnlineKDMode, SupervisedMode, TrainMode
-from .preflight import check_labels_known, check_num_classes, check_store_matches_data
+from .modes import STORE_MODES, DeiTMode, FKDMode, OnlineKDMode, SupervisedMode, TrainMode, check_distillation_args
+from .output import OutputDir
+from .preflight import check_labels_known, check_num_classes, check_store_matches_data, in_store_classes
 from .runlog import RunLog
 from .student import StudentDataConfig, create_student, parse_model_kwargs, student_data_config
-
-ARGS_NAME = "args.yaml"
 
 
 def run(args: argparse.Namespace) -> None:
     info = init_distributed(args.device)
+    output = OutputDir(Path(args.output))
     try:
-        _run(args, info)
+        _run(args, info, output)
+    except BaseException:  # Ctrl-C included: a run that cannot be resumed leaves nothing behind
+        if info.is_main:
+            output.discard()
+        raise
     finally:
         shutdown()
 
@@ -99,6 +102,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise SetupError(f"--mode {args.mode} trains from a label store: give --store (or use --mode supervised / online-kd)")
     if args.mode == "online-kd" and not (args.teacher or args.teacher_module):
         raise SetupError("--mode online-kd runs a teacher: give --teacher NAME or --teacher-module pkg.mod:factory")
+    check_distillation_args(args)
 
 
 @dataclass
@@ -114,8 +118,8 @@ class TrainData:
 
 
 def prepare_train_data(args: argparse.Namespace) -> TrainData:
-    images = list_data(args.data, "--data")
     store = LabelStore(args.store) if args.store else None
+    images = in_store_classes(list_data(args.data, "--data"), store, "--data")
     if args.mode in STORE_MODES:
         assert store is not None
         num_classes = check_num_classes(store.meta.num_classes, args.num_classes)
@@ -142,13 +146,14 @@ def build_mode(args: argparse.Namespace, data: TrainData, device: torch.device) 
     if args.mode == "fkd":
         return FKDMode(data.store.meta.scheme, data.num_classes)
     if args.mode == "deit":
-        return DeiTMode(data.store.meta.scheme, data.num_classes, args.smoothing, args.kd, args.kd_alpha)
+        return DeiTMode(data.store.meta.scheme, data.num_classes, args.smoothing, args.kd, args.kd_alpha, args.kd_tau)
     if args.mode == "supervised":
         return SupervisedMode(data.num_classes, args.smoothing)
     try:
         teacher = create_teacher(
             names=args.teacher or [], checkpoints=args.checkpoint, module=args.teacher_module, num_classes=data.num_classes,
-            pretrained=args.teacher_pretrained, temperature=args.temperature, input_size=args.teacher_input_size, device=device,
+            pretrained=args.teacher_pretrained, temperature=1.0, input_size=args.teacher_input_size, device=device,
+            precision=args.teacher_precision,
         )
     except ValueError as exc:  # TeacherError, or a factory refusing its arguments
         raise SetupError(f"teacher: {exc}") from None
@@ -214,18 +219,20 @@ def _log(info: DistInfo, message: str) -> None:
         print(message, flush=True)
 
 
-def _run(args: argparse.Namespace, info: DistInfo) -> None:
+def _run(args: argparse.Namespace, info: DistInfo, output_dir: OutputDir) -> None:
+    """Every input is checked (arguments, --output, data, store, model, checkpoint) before the
+    output directory is made."""
     check_args(args)
+    output_dir.check()
     device = info.device
     configure_determinism(args.deterministic, device)
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
+    output = output_dir.path
     resume_path = resolve_resume(args.resume, output)
 
     data = prepare_train_data(args)
     for warning in data.warnings:
         _log(info, f"warning: {warning}")
-    val_images = list_data(args.val_data, "--val-data") if args.val_data else None
+    val_images = in_store_classes(list_data(args.val_data, "--val-data"), data.store, "--val-data") if args.val_data else None
     if val_images is not None:
         check_labels_known(val_images.labels, val_images.image_ids, "--val-data", "evaluation")
         if int(val_images.labels.max()) >= data.num_classes:
@@ -260,7 +267,7 @@ def _run(args: argparse.Namespace, info: DistInfo) -> None:
             raise SetupError(f"cannot resume from {resume_path}: {exc}") from None
         _log(info, f"resumed from {resume_path} after epoch {progress.epoch}")
     if info.is_main:
-        save_args(args, output / ARGS_NAME)
+        output_dir.create(args)
 
     normalizer = Normalizer(cfg.mean, cfg.std, device)
     trainer = Trainer(

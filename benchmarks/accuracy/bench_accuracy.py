@@ -88,7 +88,7 @@ def train(run: Run, args: argparse.Namespace, setting: LabelSetting, data: Path,
             "--output", str(out), "--seed", str(run.seed), "--epochs", str(epochs), "--batch-size", str(images_per_step),
             "--crops-per-image", str(run.crops)]
     if run.mode == "online-kd":
-        argv += ["--teacher-module", KERAS_TEACHER]
+        argv += ["--teacher-module", KERAS_TEACHER, "--kd-alpha", "1.0"]  # pure soft KD (--kd soft, --kd-tau 1: the defaults)
     if run.mode == "fkd":
         argv += ["--store", str(converted_store(setting, run.scheme, run.top_k))]
     done = out / "benchmark.json"

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmarks.common import REPO_ROOT, balanced_subset, save_result
-from fkd.images import list_images, load_image
+from fkd.images import list_images, read_image
 from fkd.store import LabelStore
 from train.data import EpochSampler, MultiCropDataset, StoreCropPlanner, collate_crops
 
@@ -33,17 +33,22 @@ from conftest import make_image_folder, write_random_store  # noqa: E402  (the t
 
 
 def build_store(images_dir: Path, store_dir: Path, num_crops: int) -> Path:
+    """A store of random labels over the real images, with their fingerprints as fkd-labelgen records them."""
     images = list_images(images_dir)
-    sizes = np.array([tuple(load_image(images.path(i)).shape[-2:]) for i in range(len(images))])
+    loaded = [read_image(images.path(i)) for i in range(len(images))]
     write_random_store(
         store_dir, num_classes=10, top_k=5, num_crops=num_crops, num_images=len(images), shard_size=1000,
-        image_ids=images.image_ids, sizes=sizes, labels=images.labels,
+        image_ids=images.image_ids, sizes=np.array([tuple(x.pixels.shape[-2:]) for x in loaded]), labels=images.labels,
+        fingerprints=np.array([x.fingerprint for x in loaded], dtype=np.uint32),
     )
     return store_dir
 
 
-def measure(images_dir: Path, store: Path, n: int, size: int, workers: int, batch: int) -> dict[str, float]:
-    dataset = MultiCropDataset(images_dir, StoreCropPlanner(LabelStore(store), n, seed=0), size, "bilinear")
+def measure(
+    images_dir: Path, store: Path, n: int, size: int, workers: int, batch: int, check_fingerprints: bool = True
+) -> dict[str, float]:
+    planner = StoreCropPlanner(LabelStore(store), n, seed=0, check_fingerprints=check_fingerprints)
+    dataset = MultiCropDataset(images_dir, planner, size, "bilinear")
     loader = DataLoader(dataset, batch_size=batch, sampler=EpochSampler(dataset, num_replicas=1, rank=0, seed=0),
                         num_workers=workers, collate_fn=collate_crops, persistent_workers=workers > 0)
     next(iter(loader))  # start the workers and open the shards before timing

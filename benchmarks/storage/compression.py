@@ -30,7 +30,7 @@ import numpy as np
 import zstandard
 
 from fkd import crops, quantize
-from fkd.quantize import SCHEMES
+from fkd.schemes import SCHEMES
 from fkd.store.format import RecordLayout
 from fkd.store.writer import compress_records
 

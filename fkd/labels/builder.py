@@ -80,6 +80,7 @@ def _shard_data(layout: RecordLayout, records: list[ImageLabels]) -> ShardData:
         labels=np.array([r.label for r in records], dtype=np.int64),
         sizes=np.array([(r.height, r.width) for r in records], dtype=np.int64).reshape(-1, 2),
         records=compressed,
+        fingerprints=None if records[0].fingerprint is None else np.array([r.fingerprint for r in records], dtype=np.uint32),
     )
 
 

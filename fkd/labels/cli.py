@@ -1,7 +1,9 @@
 """``fkd-labels``: the command line over the label-store tools (one subcommand per module).
 
 Exit status: 0 success; 1 a damaged or incomplete store (``verify`` found problems, or a store could
-not be read); 2 a request to change (bad arguments, an impossible conversion, mismatched stores).
+not be read); 2 a request to change (bad arguments, a path that holds no store, an impossible
+conversion, mismatched stores). Each command imports its module (and so torch, h5py, matplotlib)
+when it runs: ``--help`` and argument errors answer at once.
 """
 
 from __future__ import annotations
@@ -10,17 +12,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from fkd.quantize import SCHEMES
-from fkd.store import LabelStore, StoreError
+from fkd.schemes import SCHEMES
 
-from .convert import convert_store
 from .errors import LabelsError
-from .import_fkd import DEFAULT_SHARD_SIZE, FKD_CROP_SCALE, FKD_INPUT_SIZE, import_fkd
-from .info import format_info, store_info
-from .merge import merge_stores
+from .fkd_format import DEFAULT_SHARD_SIZE, FKD_CROP_SCALE, FKD_INPUT_SIZE
 from .subset import SUBSET_HELP, SubsetSpec, parse_subset
-from .verify import drop_bad_shards, format_report, verify_store
 
 PROG = "fkd-labels"
 
@@ -45,7 +43,7 @@ def positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Inspect, verify, show, convert, import and merge FKD label stores (made by fkd-labelgen).",
+        description="Inspect, verify, show, convert, import, export and merge FKD label stores (made by fkd-labelgen).",
         epilog="exit status: 0 ok, 1 damaged/incomplete store, 2 bad request. 'fkd-labels COMMAND --help' explains each command.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -111,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_int, default=None, metavar="N", help="processes reading files (default: up to 8)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
 
+    p = commands.add_parser("export-fkd", help="write a store as the official FKD code's soft-label files (one per image)",
+                            description="Write OUT/<image id's folders>/<name>.tar per image, [coords, flips, labels] as the official "
+                            "FKD generator saves them, for its train_FKD.py (--softlabel_path is the folder above OUT when OUT is "
+                            "named like the data folder, e.g. OUT=labels/train for imagenet/train) or for import-fkd.")
+    p.add_argument("store", help="label store directory (complete)")
+    p.add_argument("--out", required=True, help="directory for the FKD files")
+    p.add_argument("--subset", type=subset_arg, metavar="SPEC", help="export only some images: " + SUBSET_HELP)
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing files of the same names")
+
     p = commands.add_parser("merge", help="join stores generated in parts (same settings, disjoint images)",
                             description="Join stores made with the same settings over disjoint images, in the given order.")
     p.add_argument("stores", nargs="+", help="the parts (two or more)")
@@ -122,12 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    from .info import format_info, store_info
+
     info = store_info(args.store, args.subset)
     print(json.dumps(info.to_dict(), indent=1) if args.json else format_info(info))
     return 0
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from .verify import drop_bad_shards, format_report, verify_store
+
     report = verify_store(args.store, progress=not args.quiet and not args.json)
     print(json.dumps(report.to_dict(), indent=1) if args.json else format_report(report, args.repair_plan))
     if args.repair and (report.redo or report.temp_files):
@@ -138,15 +149,23 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from .show import render  # matplotlib is only imported by the command that draws
+    from fkd.store import LabelStore
+
+    from .show import render
 
     with LabelStore(args.store) as store:
+        if store.meta.image_fingerprint == "none":
+            print(f"{PROG} show: warning: the store records no image fingerprints (older fkd): the image is matched by path only", file=sys.stderr)
         out = render(store, args.image, args.data, args.out, args.boxes, args.crops)
     print(f"wrote {out}")
     return 0
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from fkd.store import LabelStore
+
+    from .convert import convert_store
+
     scheme = args.scheme or LabelStore(args.store).meta.scheme
     manifest = convert_store(args.store, args.out, scheme, args.top_k, args.subset, args.shard_size, args.overwrite)
     meta = manifest.meta
@@ -155,6 +174,8 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    from .import_fkd import import_fkd
+
     extra = {"workers": args.workers} if args.workers is not None else {}
     manifest = import_fkd(
         args.dir, args.data, args.out, num_classes=args.num_classes, scheme=args.scheme, shard_size=args.shard_size,
@@ -167,18 +188,46 @@ def run_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    from .export_fkd import export_fkd
+
+    summary = export_fkd(args.store, args.out, args.subset, args.overwrite)
+    print(f"wrote {summary.files} FKD files ({summary.bytes / 2**20:.1f} MiB) under {args.out}; official train_FKD.py: "
+          f"--soft_label_type {summary.label_type}, --softlabel_path the folder above {args.out} when it is named like the data folder")
+    return 0
+
+
 def run_merge(args: argparse.Namespace) -> int:
+    from .merge import merge_stores
+
     manifest = merge_stores(args.stores, args.out, args.shard_size, args.subset, args.overwrite)
     print(f"wrote {args.out}: {manifest.meta.num_images} images from {len(args.stores)} stores, {manifest.meta.num_shards} shards")
     return 0
 
 
-COMMANDS = {"info": run_info, "verify": run_verify, "show": run_show, "convert": run_convert, "import-fkd": run_import, "merge": run_merge}
+COMMANDS = {
+    "info": run_info, "verify": run_verify, "show": run_show, "convert": run_convert, "import-fkd": run_import,
+    "export-fkd": run_export, "merge": run_merge,
+}
+
+
+def check_store_paths(args: argparse.Namespace) -> None:
+    """A store argument that holds no store is a wrong path (exit 2), not a damaged store (exit 1)."""
+    from fkd.store import MANIFEST_NAME
+
+    for path in [args.store] if hasattr(args, "store") else getattr(args, "stores", []):
+        if not Path(path).is_dir():
+            raise LabelsError(f"{path}: no such directory; pass a label store directory (written by fkd-labelgen)")
+        if not (Path(path) / MANIFEST_NAME).is_file():
+            raise LabelsError(f"{path}: not a label store (no {MANIFEST_NAME} in it); pass a directory written by fkd-labelgen")
 
 
 def main(argv: "Sequence[str] | None" = None) -> int:
     args = build_parser().parse_args(argv)
+    from fkd.store import StoreError
+
     try:
+        check_store_paths(args)
         return COMMANDS[args.command](args)
     except LabelsError as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)

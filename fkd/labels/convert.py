@@ -54,7 +54,7 @@ class Conversion:
             indices, values = self._from_top_k(record.indices, record.values)
         return ImageLabels(
             record.index, record.image_id, record.label, record.height, record.width, record.boxes_fixed, record.flips,
-            indices, values,
+            indices, values, record.fingerprint,
         )
 
     def _from_top_k(self, indices: np.ndarray, values: np.ndarray) -> "tuple[np.ndarray | None, np.ndarray | None]":

@@ -20,6 +20,7 @@ size: images are listed from ``--data`` and their headers read. Files are loaded
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import os
 from collections.abc import Iterator
@@ -32,25 +33,20 @@ import torch
 from PIL import Image
 
 from fkd.crops import boxes_to_fixed
-from fkd.images import ImageList, list_images
+from fkd.images import ImageList, fingerprint, list_images
 from fkd.quantize import Scheme, index_dtype
-from fkd.store import ImageLabels, Manifest, new_meta
+from fkd.store import UNKNOWN_PRECISION, ImageLabels, Manifest, new_meta
 
 from .builder import image_list_fingerprint, prepare_output, write_store
 from .errors import LabelsError
+from .fkd_format import DEFAULT_SHARD_SIZE, FKD_CROP_SCALE, FKD_INPUT_SIZE, FKD_INTERPOLATION, IMPORTED_SOURCE, fkd_file_name
 
-FKD_SUFFIX = ".tar"
 TRAILING_DIRS = (3, 2, 1, 0)
 """Directories of the image path kept under the label root: 3 as the generator writes, 2 as its
 trainer reads (``--softlabel_path`` one level down), fewer for flat copies."""
 
-# The official generator's defaults (FKD_SLG/generate_soft_label.py), used for the store metadata.
-FKD_INPUT_SIZE = 475
-FKD_CROP_SCALE = (0.08, 0.936)
-FKD_INTERPOLATION = "bicubic"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_SHARD_SIZE = 1000
 PARALLEL_MIN_IMAGES = 256
 """Below this many images, files are read in-process (worker start-up would cost more)."""
 
@@ -103,7 +99,7 @@ def label_file(label_root: Path, image_path: Path, trailing_dirs: int) -> Path:
     ``label_root``, and its file name cut at the first dot, plus ``.tar``."""
     parts = image_path.parent.parts
     dirs = parts[max(0, len(parts) - trailing_dirs) :] if trailing_dirs else ()
-    return label_root.joinpath(*dirs, image_path.name.split(".")[0] + FKD_SUFFIX)
+    return label_root.joinpath(*dirs, fkd_file_name(image_path.name))
 
 
 def detect_layout(label_root: Path, images: ImageList) -> int:
@@ -170,7 +166,8 @@ def read_image_labels(job: ImportJob) -> tuple[ImageLabels, FkdPayload]:
     coords, flips, labels = load_fkd_file(job.label_file)
     kind = payload_kind(labels, len(coords), job.label_file)
     try:
-        with Image.open(job.image_path) as img:
+        data = Path(job.image_path).read_bytes()  # for the fingerprint; the header alone gives the size
+        with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
     except (OSError, SyntaxError, ValueError) as exc:
         raise LabelsError(f"{job.image_path}: cannot read the image size: {exc}") from None
@@ -191,7 +188,7 @@ def read_image_labels(job: ImportJob) -> tuple[ImageLabels, FkdPayload]:
     boxes = pixel_boxes(coords, height, width)
     record = ImageLabels(
         -1, job.image_id, job.label, height, width, boxes_to_fixed(boxes, height, width), flips,
-        indices.astype(index_dtype(job.num_classes)), values,
+        indices.astype(index_dtype(job.num_classes)), values, fingerprint(data),
     )
     return record, kind
 
@@ -264,7 +261,7 @@ def import_fkd(
         num_crops=first_kind.num_crops,
         num_images=len(jobs),
         shard_size=shard_size,
-        teachers=[{"name": teacher, "source": f"official FKD soft labels imported from {label_root}"}],
+        teachers=[{"name": teacher, "source": f"{IMPORTED_SOURCE} {label_root}"}],
         temperature=temperature,
         crop_scale=tuple(crop_scale),
         input_size=(input_size, input_size),
@@ -272,6 +269,8 @@ def import_fkd(
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         data_fingerprint=image_list_fingerprint([j.image_id for j in jobs], [j.label for j in jobs]),
+        teacher_precision=UNKNOWN_PRECISION,
+        image_fingerprint="crc32",
         bad_images=[{"image_id": m, "reason": "no FKD soft-label file"} for m in missing],
     )
 

@@ -1,7 +1,8 @@
 """``fkd-labels info``: what a store holds and what it costs, from its manifest alone.
 
-Reading only ``store.json`` (plus file sizes) keeps ``info`` instant on a store of any size and usable
-on incomplete or damaged stores; ``verify`` is the command that reads the shards.
+Reading only ``store.json`` (plus each shard's presence and size) keeps ``info`` instant on a store of
+any size and usable on incomplete or damaged stores; ``verify`` is the command that reads the shards.
+A deleted or truncated shard is cheap to see, so ``info`` never calls such a store complete.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from fkd.quantize import stored_top_k
-from fkd.store import MANIFEST_NAME, LabelStore, Manifest
+from fkd.store import MANIFEST_NAME, LabelStore, Manifest, shard_file_problem
 
+from .fkd_format import is_imported
 from .subset import StoreSubset, SubsetSpec
 
 
@@ -36,20 +38,24 @@ class StoreInfo:
     shards_total: int
     shards_done: int
     missing_shards: list[int]
-    complete: bool
+    damaged_shards: dict[str, str]  # finished shard file -> why it no longer matches the manifest (missing, wrong size)
+    complete: bool  # every shard finished and its file present at the recorded size
     images_done: int  # images in finished shards
     shard_bytes: int  # finished shards, as the manifest recorded them
     disk_bytes: int  # manifest + shard files present in the directory
     bytes_per_crop: float | None  # shard_bytes / (images_done * M)
     raw_bytes_per_crop: float  # uncompressed record bytes per crop
     teachers: list[dict[str, Any]]
+    teacher_precision: str
+    class_map: dict[str, int] | None
+    image_fingerprint: str
     temperature: float
     input_size: list[int]
     interpolation: str
     crop_scale: list[float]
     crop_ratio: list[float]
     flip_prob: float
-    seed: int
+    seed: int | None  # None for stores imported from the official FKD format, whose crops were drawn unseeded
     bad_images: int
     subset: dict[str, Any] | None = None
 
@@ -66,6 +72,9 @@ def store_info(path: "str | Path", subset: "SubsetSpec | None" = None) -> StoreI
     images_done = sum(info.count for info in manifest.shards.values())
     shard_bytes = sum(info.bytes for info in manifest.shards.values())
     disk = (path / MANIFEST_NAME).stat().st_size + sum(p.stat().st_size for p in path.glob("shard-*.h5") if p.is_file())
+    damaged = {
+        info.file: problem for _, info in sorted(manifest.shards.items()) if (problem := shard_file_problem(path, info, checksum=False))
+    }
     info = StoreInfo(
         path=str(path),
         store_id=meta.store_id,
@@ -82,20 +91,24 @@ def store_info(path: "str | Path", subset: "SubsetSpec | None" = None) -> StoreI
         shards_total=meta.num_shards,
         shards_done=len(manifest.shards),
         missing_shards=manifest.missing_shards(),
-        complete=manifest.complete,
+        damaged_shards=damaged,
+        complete=manifest.complete and not damaged,
         images_done=images_done,
         shard_bytes=shard_bytes,
         disk_bytes=disk,
         bytes_per_crop=shard_bytes / (images_done * meta.num_crops) if images_done else None,
         raw_bytes_per_crop=layout.raw_size / meta.num_crops,
         teachers=list(meta.teachers),
+        teacher_precision=meta.teacher_precision,
+        class_map=meta.class_map,
+        image_fingerprint=meta.image_fingerprint,
         temperature=meta.temperature,
         input_size=list(meta.input_size),
         interpolation=meta.interpolation,
         crop_scale=list(meta.crop_scale),
         crop_ratio=list(meta.crop_ratio),
         flip_prob=meta.flip_prob,
-        seed=meta.seed,
+        seed=None if is_imported(meta.teachers) else meta.seed,
         bad_images=len(meta.bad_images),
     )
     if subset is not None:
@@ -118,7 +131,13 @@ def format_info(info: StoreInfo) -> str:
         raise AssertionError("unreachable")
 
     names = ", ".join(info.class_names[:10]) + (f", ... ({info.num_classes} in all)" if info.num_classes > 10 else "")
-    state = "complete" if info.complete else f"INCOMPLETE: {len(info.missing_shards)} shards missing (first: {info.missing_shards[:10]})"
+    problems = [f"INCOMPLETE: {len(info.missing_shards)} shards missing (first: {info.missing_shards[:10]})"] if info.missing_shards else []
+    if info.damaged_shards:
+        listed = "; ".join(f"{file}: {problem}" for file, problem in list(info.damaged_shards.items())[:3])
+        problems.append(f"DAMAGED: {len(info.damaged_shards)} finished shards ({listed}); 'fkd-labels verify {info.path} "
+                        "--repair-plan' says what to redo")
+    state = "; ".join(problems) or "complete"
+    seed = f"seed {info.seed}" if info.seed is not None else "unseeded (imported from the official FKD format)"
     per_crop = f"{info.bytes_per_crop:.1f} B" if info.bytes_per_crop is not None else "n/a (no finished shard)"
     lines = [
         f"store:        {info.path}",
@@ -132,9 +151,15 @@ def format_info(info: StoreInfo) -> str:
         f"size on disk: {size(info.disk_bytes)} (shards {size(info.shard_bytes)})",
         f"per crop:     {per_crop} stored, {info.raw_bytes_per_crop:.1f} B uncompressed",
         f"crop params:  scale {tuple(info.crop_scale)}, ratio {tuple(round(r, 4) for r in info.crop_ratio)}, "
-        f"flip p={info.flip_prob}, seed {info.seed}",
-        f"teacher view: {info.input_size[0]}x{info.input_size[1]} {info.interpolation}, temperature {info.temperature}",
+        f"flip p={info.flip_prob}, {seed}",
+        f"teacher view: {info.input_size[0]}x{info.input_size[1]} {info.interpolation}, temperature {info.temperature}, "
+        f"precision {info.teacher_precision}",
+        "fingerprints: " + ("CRC-32 of every image file (checked by fkd-train and show)" if info.image_fingerprint == "crc32"
+                            else "none (older store: images are matched by path and size only)"),
     ]
+    if info.class_map is not None:
+        mapped = ", ".join(f"{k} -> {info.class_names[v]}" for k, v in list(info.class_map.items())[:6])
+        lines.append(f"class map:    {mapped}{', ...' if len(info.class_map) > 6 else ''} ({len(info.class_map)} data classes)")
     for i, teacher in enumerate(info.teachers):
         described = ", ".join(f"{k}={v}" for k, v in teacher.items() if k in ("name", "checkpoint", "module", "sha256") and v)
         lines.append(f"teacher {i}:    {described or teacher}")

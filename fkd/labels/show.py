@@ -22,7 +22,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from fkd import quantize  # noqa: E402
 from fkd.crops import fixed_to_boxes, replay_fixed  # noqa: E402
-from fkd.images import load_image  # noqa: E402
+from fkd.images import ImageMismatchError, check_fingerprint, read_image  # noqa: E402
 from fkd.store import ImageLabels, LabelStore, StoreMeta  # noqa: E402
 
 from .errors import LabelsError  # noqa: E402
@@ -48,6 +48,8 @@ def image_file(data: "str | Path", image_id: str) -> Path:
     """The image's file: ids are relative to the data root (an ImageFolder directory, or the folder
     of a list file)."""
     data = Path(data)
+    if not data.exists():  # else the message below would name data.parent / image_id, without the missing folder
+        raise LabelsError(f"--data {data}: no such directory or list file; pass the --data the store was generated from")
     root = data if data.is_dir() else data.parent
     path = root / image_id
     if not path.is_file():
@@ -74,7 +76,13 @@ def render(
     if num_boxes < 1 or num_crops < 0:
         raise LabelsError(f"--boxes must be >= 1 and --crops >= 0, got {num_boxes} and {num_crops}")
     record = store.read(find_image(store, image))
-    fig = draw(store.meta, record, load_image(image_file(data, record.image_id)), num_boxes, num_crops)
+    path = image_file(data, record.image_id)
+    loaded = read_image(path)
+    try:
+        check_fingerprint(path, loaded.fingerprint, record.fingerprint)
+    except ImageMismatchError as exc:
+        raise LabelsError(str(exc)) from None
+    fig = draw(store.meta, record, loaded.pixels, num_boxes, num_crops)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)

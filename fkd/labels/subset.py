@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fkd.store import ImageLabels, LabelStore, StoreMeta
-
 from .errors import LabelsError
+
+if TYPE_CHECKING:  # the CLI parses --subset with this module: no store (torch, h5py) imports for that
+    from fkd.store import ImageLabels, LabelStore, StoreMeta
 
 SUBSET_HELP = (
     "'classes=NAME,NAME' (class names or indices, matched against each image's ground-truth label) "

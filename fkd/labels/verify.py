@@ -8,9 +8,11 @@ decompression, layout), and finally the payload values themselves (class indices
 probabilities in [0, 1], boxes inside the image), which catch a shard that is intact but was
 written wrong.
 
-Bad shards are what fkd-labelgen must redo: ``drop_bad_shards`` removes them from the manifest so
-that a rerun with the same arguments regenerates exactly those (it skips the shards the manifest
-lists, without checking them).
+Bad shards are what fkd-labelgen must redo. Rerunning it with the same arguments is the repair for
+nearly all of them: it labels the shards the manifest lacks and relabels each finished shard whose
+file went missing or no longer has the recorded size and sha256. Only a shard whose file still
+matches the manifest but holds bad records (written wrong) passes that check; ``drop_bad_shards``
+(``--repair``) removes such shards from the manifest so that the rerun regenerates them too.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class ShardReport:
     stop: int
     status: str
     problems: list[str] = field(default_factory=list)
+    file_mismatch: bool = False  # the file's size or sha256 differ from the manifest: fkd-labelgen's rerun sees it
 
     def describe(self) -> str:
         head = f"shard {self.index} ({self.file}, images {self.start}..{self.stop - 1}): {self.status}"
@@ -86,7 +89,7 @@ def verify_store(path: "str | Path", progress: bool = True) -> VerifyReport:
     report = VerifyReport(str(path), meta.num_images, meta.num_crops, [])
     first_seen: dict[str, int] = {}
     duplicates: list[str] = []
-    store = LabelStore(path, allow_incomplete=True)
+    store = LabelStore(path, allow_incomplete=True, verify_checksums=False)  # _verify_shard checks them first
     try:
         bar = tqdm(total=meta.num_images, desc="verifying", unit="img", disable=None if progress else True)
         for shard in range(meta.num_shards):
@@ -121,9 +124,13 @@ def _verify_shard(store: LabelStore, manifest: Manifest, shard: int) -> tuple[Sh
     if not file.is_file():
         report.status, report.problems = MISSING, ["shard file is missing"]
         return report, []
+    try:  # size and sha256 before HDF5 parses anything (a damaged heap can hang it)
+        store.verify_shard_checksum(shard)
+    except StoreError as exc:
+        report.status, report.problems, report.file_mismatch = CORRUPT, [exc.problem], True
+        return report, []
     try:
-        # Size, then sha256 before HDF5 parses anything (a damaged heap can hang it), then structure.
-        ids = store.shard_image_ids(shard)
+        ids = store.shard_image_ids(shard)  # structure
     except StoreError as exc:
         report.status, report.problems = CORRUPT, [exc.problem]
         return report, []
@@ -221,11 +228,13 @@ def repair_plan_text(report: VerifyReport) -> str:
     if not bad:
         return "repair plan: nothing to redo"
     images = sum(s.stop - s.start for s in report.shards if s.status != OK)
-    damaged = [s.index for s in report.shards if s.status in (MISSING, CORRUPT)]
+    kept = [s.index for s in report.shards if s.status == CORRUPT and not s.file_mismatch]
     steps = []
-    if damaged:
-        steps.append(f"fkd-labels verify {report.store} --repair   (drops damaged shards {_ranges(damaged)} from the manifest)")
-    steps.append("rerun fkd-labelgen with the same arguments and --out (it regenerates only the shards the manifest lacks)")
+    if kept:
+        steps.append(f"fkd-labels verify {report.store} --repair   (shards {_ranges(kept)} match the manifest but hold bad "
+                     "records, which a rerun would keep: this drops them from the manifest)")
+    steps.append("rerun fkd-labelgen with the same arguments and --out: it labels the shards the manifest lacks and "
+                 "relabels those whose file is missing or changed")
     return (
         f"repair plan: fkd-labelgen must redo {len(bad)} shards ({images} images): {_ranges(bad)}\n"
         + "\n".join(f"  {i + 1}. {step}" for i, step in enumerate(steps))

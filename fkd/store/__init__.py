@@ -1,12 +1,12 @@
 """The label store: sharded HDF5 files plus a JSON manifest (see docs/FORMAT.md)."""
 
 from .errors import StoreCorruptError, StoreError, StoreFormatError, StoreIncompleteError, StoreMismatchError
-from .format import FORMAT_VERSION, MANIFEST_NAME, Manifest, RecordLayout, ShardInfo, StoreMeta
+from .format import FORMAT_VERSION, MANIFEST_NAME, UNKNOWN_PRECISION, Manifest, RecordLayout, ShardInfo, StoreMeta
 from .reader import ImageLabels, LabelStore
 from .writer import ShardData, compress_records, copy_meta, new_meta, open_for_writing, remove_store, shard_file_problem, store_lock, write_shard
 
 __all__ = [
     "FORMAT_VERSION", "MANIFEST_NAME", "ImageLabels", "LabelStore", "Manifest", "RecordLayout", "ShardData",
     "ShardInfo", "StoreCorruptError", "StoreError", "StoreFormatError", "StoreIncompleteError",
-    "StoreMeta", "StoreMismatchError", "compress_records", "copy_meta", "new_meta", "open_for_writing", "remove_store", "shard_file_problem", "store_lock", "write_shard",
+    "StoreMeta", "StoreMismatchError", "UNKNOWN_PRECISION", "compress_records", "copy_meta", "new_meta", "open_for_writing", "remove_store", "shard_file_problem", "store_lock", "write_shard",
 ]

@@ -9,18 +9,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import numbers
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..precision import PRECISIONS
 from ..quantize import Scheme, index_dtype, payload_shape
 from .errors import StoreFormatError
+from .files import atomic_write_bytes
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Version 2 added per-image fingerprints, the teacher's precision and the class map (docs/FORMAT.md);
+version-1 stores still read, with those fields marked unknown."""
+FINGERPRINTS = ("crc32", "none")
+UNKNOWN_PRECISION = "unknown"
 MANIFEST_NAME = "store.json"
 SHARD_PATTERN = "shard-{:05d}.h5"
 CODEC = "zstd"
@@ -59,6 +64,9 @@ class StoreMeta:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     seed: int = 0
     data_fingerprint: str = ""
+    teacher_precision: str = "fp32"
+    class_map: "dict[str, int] | None" = None  # data class name -> teacher class index (fkd.classes)
+    image_fingerprint: str = "none"  # "crc32": every shard keeps the CRC-32 of each image file's bytes
     bad_images: list[dict[str, str]] = field(default_factory=list)
     store_id: str = ""
     created: str = ""
@@ -115,6 +123,16 @@ class StoreMeta:
                 raise StoreFormatError(None, f"metadata field {name} must be a string, got {getattr(self, name)!r}")
         if not all(isinstance(n, str) for n in self.class_names):
             raise StoreFormatError(None, "metadata field class_names must hold strings")
+        if self.teacher_precision not in PRECISIONS + (UNKNOWN_PRECISION,):
+            raise StoreFormatError(None, f"metadata field teacher_precision must be one of {list(PRECISIONS)}, got {self.teacher_precision!r}")
+        if self.image_fingerprint not in FINGERPRINTS:
+            raise StoreFormatError(None, f"metadata field image_fingerprint must be one of {list(FINGERPRINTS)}, got {self.image_fingerprint!r}")
+        if self.class_map is not None and not (
+            isinstance(self.class_map, dict)
+            and all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 0 <= v < self.num_classes
+                    for k, v in self.class_map.items())
+        ):
+            raise StoreFormatError(None, f"metadata field class_map must map class names to class indices in 0..{self.num_classes - 1}")
         for name in ("teachers", "bad_images"):
             value = getattr(self, name)
             if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
@@ -153,10 +171,12 @@ class StoreMeta:
         if not isinstance(data, dict):
             raise StoreFormatError(source, "metadata is not a JSON object")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise StoreFormatError(
-                source, f"format version {version!r} is not supported (this fkd reads version {FORMAT_VERSION})"
+                source, f"format version {version!r} is not supported (this fkd reads versions {', '.join(map(str, READABLE_VERSIONS))})"
             )
+        if version == 1:  # what version 1 did not record
+            data = {**data, "teacher_precision": UNKNOWN_PRECISION, "image_fingerprint": "none"}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -303,37 +323,3 @@ class Manifest:
 
     def save(self, directory: "str | Path") -> None:
         atomic_write_bytes(Path(directory) / MANIFEST_NAME, json.dumps(self.to_dict(), indent=1).encode())
-
-
-def default_file_mode() -> int:
-    """0o666 minus the process umask: what ``open()`` would give (mkstemp's files are 0600, which
-    would hide a store from its other readers)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same directory, fsync, rename, fsync the directory."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, default_file_mode())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-

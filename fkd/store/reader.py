@@ -29,7 +29,7 @@ import numpy as np
 import zstandard
 
 from .errors import StoreCorruptError, StoreError, StoreIncompleteError
-from .format import FORMAT_VERSION, Manifest, RecordLayout, StoreMeta
+from .format import Manifest, RecordLayout, StoreMeta
 from .writer import shard_file_problem
 
 
@@ -46,6 +46,7 @@ class ImageLabels:
     flips: np.ndarray
     indices: "np.ndarray | None"
     values: "np.ndarray | None"
+    fingerprint: "int | None" = None  # CRC-32 of the image file's bytes; None in stores without them
 
 
 @dataclass
@@ -59,6 +60,7 @@ class _ShardIndex:
     labels: np.ndarray
     sizes: np.ndarray
     image_ids: list[str]
+    fingerprints: "np.ndarray | None"
 
 
 class LabelStore:
@@ -134,8 +136,8 @@ class LabelStore:
             raise StoreCorruptError(path, f"not a readable HDF5 shard (corrupted?): {exc}") from None
         try:
             attrs = {k: f.attrs.get(k) for k in ("format_version", "store_id", "shard_index", "start", "count")}
-            if attrs["format_version"] != FORMAT_VERSION:
-                raise StoreCorruptError(path, f"shard has format version {attrs['format_version']!r}, expected {FORMAT_VERSION}")
+            if attrs["format_version"] != self.meta.format_version:
+                raise StoreCorruptError(path, f"shard has format version {attrs['format_version']!r}, expected {self.meta.format_version}")
             if attrs["store_id"] != self.meta.store_id:
                 raise StoreCorruptError(path, f"shard belongs to another store (store id {attrs['store_id']!r}, expected {self.meta.store_id!r})")
             if (attrs["shard_index"], attrs["start"], attrs["count"]) != (info.index, info.start, info.count):
@@ -145,6 +147,7 @@ class LabelStore:
             crc = _read_array(f, "crc32", (n,), np.uint32, path)
             labels = _read_array(f, "labels", (n,), np.int32, path)
             sizes = _read_array(f, "sizes", (n, 2), np.uint32, path)
+            fingerprints = _read_array(f, "fingerprints", (n,), np.uint32, path) if self.meta.image_fingerprint == "crc32" else None
             records = f["records"]
             if records.ndim != 1 or records.dtype != np.uint8 or records.chunks is not None or records.compression is not None:
                 raise StoreCorruptError(path, "records dataset must be a contiguous, unfiltered uint8 array")
@@ -161,7 +164,7 @@ class LabelStore:
             if not isinstance(ids, h5py.Dataset) or ids.shape != (n,) or ids.dtype.kind != "O":
                 raise StoreCorruptError(path, f"dataset 'image_ids' must hold {n} strings")
             image_ids = [s.decode() if isinstance(s, bytes) else str(s) for s in ids[...]]
-            return _ShardIndex(path, int(records_offset), offsets, crc, labels, sizes, image_ids)
+            return _ShardIndex(path, int(records_offset), offsets, crc, labels, sizes, image_ids, fingerprints)
         except StoreError:
             raise
         except Exception as exc:
@@ -216,7 +219,8 @@ class LabelStore:
         except (zstandard.ZstdError, ValueError) as exc:
             raise StoreCorruptError(path, f"undecodable record of image {index} (row {row}): {exc}") from None
         height, width = (int(v) for v in shard.sizes[row])
-        return ImageLabels(index, shard.image_ids[row], int(shard.labels[row]), height, width, boxes, flips, indices, values)
+        fingerprint = None if shard.fingerprints is None else int(shard.fingerprints[row])
+        return ImageLabels(index, shard.image_ids[row], int(shard.labels[row]), height, width, boxes, flips, indices, values, fingerprint)
 
     # Per-image columns ----------------------------------------------------------------------
 

@@ -26,7 +26,8 @@ import zstandard
 
 from .. import __version__
 from .errors import StoreError, StoreMismatchError
-from .format import CODEC, FORMAT_VERSION, MANIFEST_NAME, SHARD_PATTERN, Manifest, RecordLayout, ShardInfo, StoreMeta, default_file_mode, fsync_dir
+from .files import default_file_mode, fsync_dir
+from .format import CODEC, MANIFEST_NAME, SHARD_PATTERN, Manifest, RecordLayout, ShardInfo, StoreMeta
 
 ZSTD_LEVEL = 9
 """Compression level of per-image records (see benchmarks/storage for the measurements)."""
@@ -59,11 +60,14 @@ class ShardData:
     labels: np.ndarray  # (N,) int, -1 where unknown
     sizes: np.ndarray  # (N, 2) original (height, width)
     records: list[bytes]  # compressed, from compress_records
+    fingerprints: "np.ndarray | None" = None  # (N,) CRC-32 of each image file's bytes (fkd.images.read_image)
 
     def __post_init__(self) -> None:
         n = len(self.image_ids)
         if not (len(self.labels) == len(self.sizes) == len(self.records) == n):
             raise ValueError("image_ids, labels, sizes and records must have the same length")
+        if self.fingerprints is not None and len(self.fingerprints) != n:
+            raise ValueError("fingerprints must have one entry per image")
 
 
 def new_meta(**settings) -> StoreMeta:
@@ -145,6 +149,9 @@ def write_shard(directory: "str | Path", meta: StoreMeta, shard: int, data: Shar
     start, stop = meta.shard_range(shard)
     if len(data.image_ids) != stop - start:
         raise ValueError(f"shard {shard} holds images [{start}, {stop}), got {len(data.image_ids)} records")
+    if (data.fingerprints is not None) != (meta.image_fingerprint == "crc32"):
+        raise ValueError(f"the store's image_fingerprint is {meta.image_fingerprint!r}: shard data must "
+                         f"{'' if meta.image_fingerprint == 'crc32' else 'not '}carry fingerprints")
     name = SHARD_PATTERN.format(shard)
     lengths = np.fromiter((len(r) for r in data.records), dtype=np.uint64, count=len(data.records))
     offsets = np.zeros(len(lengths) + 1, dtype=np.uint64)
@@ -158,7 +165,7 @@ def write_shard(directory: "str | Path", meta: StoreMeta, shard: int, data: Shar
         with h5py.File(tmp, "w", libver="latest") as f:
             f.attrs.update(
                 {
-                    "format_version": FORMAT_VERSION,
+                    "format_version": meta.format_version,
                     "store_id": meta.store_id,
                     "shard_index": shard,
                     "start": start,
@@ -175,6 +182,8 @@ def write_shard(directory: "str | Path", meta: StoreMeta, shard: int, data: Shar
             f.create_dataset("sizes", data=np.asarray(data.sizes, dtype=np.uint32).reshape(-1, 2))
             f.create_dataset("offsets", data=offsets)
             f.create_dataset("crc32", data=crc)
+            if data.fingerprints is not None:
+                f.create_dataset("fingerprints", data=np.asarray(data.fingerprints, dtype=np.uint32))
             f.create_dataset("records", data=blob)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())

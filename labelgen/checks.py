@@ -1,0 +1,75 @@
+"""What fkd-labelgen checks before it labels anything, so a run fails in seconds with one line.
+
+``check_inputs`` runs before Ray starts (tens of seconds on a cluster): the listing, the output
+directory, the teacher's names, files and modules. Once the workers have loaded the teacher, its
+class space is known: ``check_top_k`` and ``teacher_space`` then refuse a K the teacher cannot fill
+and data whose classes are not the teacher's (fkd.classes), before any shard is planned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from fkd.classes import ClassSpaceError, apply_class_map, check_class_space, read_class_map, store_class_names
+from fkd.images import ImageList, list_images
+from fkd.teachers import TeacherError, check_teacher_spec
+
+from .errors import InputError
+from .messages import LabelSettings, TeacherInfo
+
+
+def check_inputs(data: str, out: Path, teacher_args: argparse.Namespace, class_map: "Path | None") -> ImageList:
+    """Everything that can be checked before Ray starts: the data listing (returned), the output
+    directory, the teacher's names, files and modules, the class map file."""
+    try:
+        images = list_images(data)
+    except (OSError, ValueError) as exc:
+        raise InputError(str(exc)) from None
+    check_writable(out)
+    try:
+        check_teacher_spec(teacher_args.teacher or [], teacher_args.checkpoint, teacher_args.teacher_module)
+    except (TeacherError, FileNotFoundError) as exc:
+        raise InputError(f"teacher: {exc}") from None
+    if class_map is not None and not class_map.is_file():
+        raise InputError(f"--class-map {class_map}: no such file")
+    return images
+
+
+def check_writable(out: Path) -> None:
+    """--out must be a directory this process can create files in (or create)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a directory")
+    probe_dir = next(p for p in (out, *out.parents) if p.exists())
+    if not probe_dir.is_dir():
+        raise InputError(f"--out {out}: {probe_dir} is not a directory")
+    try:
+        tempfile.TemporaryFile(dir=probe_dir).close()
+    except OSError as exc:
+        raise InputError(f"--out {out}: cannot write in {probe_dir}: {exc.strerror or exc}") from None
+
+
+def teacher_space(images: ImageList, teacher: TeacherInfo, class_map: "Path | None") -> tuple[ImageList, "dict[str, int] | None"]:
+    """The listing with labels in the teacher's class space, and the map that put them there.
+
+    Without ``class_map`` the data's classes must be the teacher's (fkd.classes.check_class_space);
+    with it, every data class is mapped explicitly. Raises InputError saying what disagrees.
+    """
+    try:
+        if class_map is None:
+            check_class_space(images, teacher.num_classes, teacher.class_names)
+            return images, None
+        mapping = read_class_map(class_map, list(images.class_names), teacher.num_classes, teacher.class_names)
+        names = store_class_names(images, teacher.num_classes, teacher.class_names, mapped=True)
+        return apply_class_map(images, mapping, names), mapping
+    except ClassSpaceError as exc:
+        raise InputError(str(exc)) from None
+
+
+def check_top_k(settings: LabelSettings, num_classes: int) -> None:
+    """A marginal scheme cannot keep more classes than the teacher has: refuse rather than clamp
+    (the saved options would then say one K and the store another)."""
+    if settings.scheme.startswith("marginal") and settings.top_k > num_classes:
+        raise InputError(f"--top-k {settings.top_k} exceeds the teacher's {num_classes} classes; use --top-k {num_classes} or less "
+                         "(or --scheme full to keep every probability)")

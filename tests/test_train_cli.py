@@ -1,0 +1,160 @@
+"""fkd-train and fkd-labels fail as cleanly as fkd-labelgen: one line and exit 2 for what the user
+can fix (wherever it happens, DataLoader workers included), 130 with where to resume on Ctrl-C,
+nothing left behind by a failed start, and no torch import to answer --help."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, make_image_folder
+
+import train.data
+import train.output
+import train.run
+from fkd.store import StoreCorruptError
+from train.cli import main
+
+HEAVY = ("torch", "timm", "ray", "h5py", "matplotlib")
+
+
+@pytest.mark.parametrize("module", ["train.cli", "fkd.labels.cli"])
+def test_help_and_parser_import_nothing_heavy(module: str) -> None:
+    """--help and argument errors must not wait seconds for torch, timm and ray to import."""
+    script = (
+        f"import sys, {module} as cli\n"
+        "cli.build_parser()\n"
+        "try:\n    cli.main(['--help'])\nexcept SystemExit as exc:\n    assert exc.code == 0\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads; spinning OpenMP threads slow shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("data") / "train", classes=2, per_class=4, size=(36, 40))
+
+
+def supervised(images: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--mode", "supervised", "--data", str(images), "--model", "test_resnet", "--input-size", "32", "--epochs", "2",
+        "--batch-size", "4", "--crops-per-image", "1", "--workers", "0", "--no-progress", "--output", str(out), *extra,
+    ]
+
+
+def run_cli(capsys: pytest.CaptureFixture, argv: list[str]) -> tuple[int, str]:
+    """main's exit code and stderr; an exception escaping main (the old behaviour) fails the test."""
+    try:
+        code = main(argv)
+    except (Exception, KeyboardInterrupt) as exc:
+        pytest.fail(f"main raised {type(exc).__name__}: {str(exc)[:300]}")
+    return code, capsys.readouterr().err
+
+
+def test_a_failed_start_leaves_no_output_folder(images: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "runs" / "new"
+    code, err = run_cli(capsys, supervised(images, out, "--model", "resnet_18"))
+    assert code == 2 and err.startswith("fkd-train: error: unknown model 'resnet_18'") and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+    existing = tmp_path / "mine"  # a folder that was there before is never removed, nor its files
+    existing.mkdir()
+    (existing / "notes.txt").write_text("keep")
+    code, _ = run_cli(capsys, supervised(images, existing, "--model", "resnet_18"))
+    assert code == 2 and sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
+
+
+def test_output_that_cannot_be_made_is_one_line_before_any_work(images: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "out"  # the tests run as root, which chmod cannot stop: a regular file as parent can
+    code, err = run_cli(capsys, supervised(tmp_path / "no-data", out))  # refused before --data is looked at
+    assert (code, err) == (2, f"fkd-train: error: cannot write to --output {out}: {tmp_path / 'file'} is not a directory\n")
+
+
+def test_read_only_output_is_one_line(images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """A read-only parent (simulated: root passes every permission check) is refused up front; a
+    write that fails later anyway (args.yaml) is the same line, and the folder made for it goes."""
+    out = tmp_path / "ro" / "out"
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(train.output.os, "access", lambda path, mode: Path(path) != tmp_path / "ro")
+    code, err = run_cli(capsys, supervised(images, out))
+    assert (code, err) == (2, f"fkd-train: error: cannot write to --output {out}: Permission denied\n")
+    monkeypatch.undo()
+
+    def refuse(args: object, path: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(train.output, "save_args", refuse)
+    code, err = run_cli(capsys, supervised(images, out))
+    assert (code, err) == (2, f"fkd-train: error: cannot write to --output {out}: Permission denied\n")
+    assert sorted(p.name for p in (tmp_path / "ro").iterdir()) == []
+
+
+def interrupt_at_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
+    """Ctrl-C during epoch ``epoch`` (0-based) of the run."""
+    real = train.run.train_one_epoch
+
+    def train_one_epoch(trainer, loader, current, *args, **kwargs):
+        if current == epoch:
+            raise KeyboardInterrupt
+        return real(trainer, loader, current, *args, **kwargs)
+
+    monkeypatch.setattr(train.run, "train_one_epoch", train_one_epoch)
+
+
+def test_ctrl_c_says_where_to_resume(images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    interrupt_at_epoch(monkeypatch, 1)
+    code, err = run_cli(capsys, supervised(images, out))
+    assert code == 130
+    assert err == f"fkd-train: interrupted; continue with --resume auto (it resumes from {out / 'last.pth'}, the last finished epoch)\n"
+    assert {"args.yaml", "last.pth", "summary.csv"} <= {p.name for p in out.iterdir()}
+    monkeypatch.undo()
+    code, _ = run_cli(capsys, supervised(images, out, "--resume", "auto"))
+    assert code == 0 and len((out / "summary.csv").read_text().splitlines()) == 3  # header + epochs 1, 2
+
+
+def test_ctrl_c_before_the_first_checkpoint_leaves_nothing(
+    images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "runs" / "out"
+    interrupt_at_epoch(monkeypatch, 0)
+    code, err = run_cli(capsys, supervised(images, out))
+    assert (code, err) == (130, "fkd-train: interrupted before the first checkpoint: nothing to resume\n")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dataloader_worker_errors_are_their_own_one_line(
+    images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """torch re-raises a worker's exception as 'Caught X in DataLoader worker process N. Original
+    Traceback ...' (a RuntimeError when X cannot be rebuilt from a message): only X's message is shown."""
+
+    def damaged(self: object, index: int) -> None:
+        raise StoreCorruptError(Path("/labels/shard-00000.h5"), f"record {index}: CRC-32 mismatch")
+
+    monkeypatch.setattr(train.data.MultiCropDataset, "__getitem__", damaged)
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, supervised(images, out, "--workers", "1"))
+    assert code == 2 and err.startswith("fkd-train: error: /labels/shard-00000.h5: record ") and err.endswith(": CRC-32 mismatch\n")
+    assert err.count("\n") == 1 and not out.exists()
+
+    def bug(self: object, index: int) -> None:
+        raise IndexError("a bug keeps its traceback")
+
+    monkeypatch.setattr(train.data.MultiCropDataset, "__getitem__", bug)
+    with pytest.raises(IndexError, match="Caught IndexError in DataLoader worker process 0"):
+        main(supervised(images, out, "--workers", "1"))
