@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.accuracy.bench_accuracy import COLUMNS as ACCURACY_COLUMNS  # noqa: E402
+from benchmarks.accuracy.bench_scale import COLUMNS as SCALE_COLUMNS  # noqa: E402
 from benchmarks.common import BENCH_DIR, markdown_table  # noqa: E402
 from benchmarks.speed.bench_labelgen import COLUMNS as LABELGEN_COLUMNS  # noqa: E402
 from benchmarks.speed.bench_train_speed import COLUMNS as SPEED_COLUMNS  # noqa: E402
@@ -128,6 +129,22 @@ def labelgen(r: dict, png: str) -> str:
     return "\n".join(lines)
 
 
+def accuracy_scale(r: dict, png: str) -> str:
+    s = r["setting"]
+    lines = [
+        provenance(r), "",
+        f"Student {s['student']} (recipe `{s['recipe']}`), {s['train_images']} train images (balanced), {s['test_images']} test images, "
+        f"{s['seeds']} seeds; every run: {s['steps']} optimizer steps of {s['samples_per_step']} crops ({s['crops_per_image']} crops of "
+        f"{s['samples_per_step'] // s['crops_per_image']} images, {s['epochs']} epochs). Labels from one full-scheme store per M "
+        f"(re-quantized with `fkd-labels convert`). Teacher top-1 on the test set: **{r['teacher_top1']:.2f} %**. Test top-1 is the last "
+        f"epoch's; spread is the sample std over seeds. {s['jobs']} run(s) at a time, {s['threads']} thread(s) each. Pairing ratio: mean "
+        "|change| within epoch pairs (1-2, 3-4, ...) over mean |change| across them (about 1: smooth; well below 1: moves in pairs).", "",
+        markdown_table(r["rows"], SCALE_COLUMNS), "", "Claims:", "",
+    ]
+    lines += [f"- {c['claim']}: **{'holds' if c['holds'] else 'does not hold'}** ({c['measured']})" for c in r["claims"]]
+    return "\n".join(lines)
+
+
 def run_times(r: dict, png: str) -> str:
     return "\n".join([provenance(r), "", markdown_table(r["rows"], [
         ("benchmark", "benchmark", ""), ("script", "script", ""), ("wall_seconds", "wall s", ".0f"), ("under_10_min", "under 10 min", ""),
@@ -138,6 +155,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict, str], str], str]] = {
     "run-times": ("run_times", run_times, ""),
     "storage": ("storage/bench_storage", storage, "storage"),
     "accuracy": ("accuracy/bench_accuracy", accuracy, "accuracy"),
+    "accuracy-scale": ("accuracy/accuracy-scale", accuracy_scale, ""),
     "train-speed": ("speed/train_speed", train_speed, ""),
     "reader": ("speed/reader", reader, ""),
     "labelgen": ("speed/labelgen", labelgen, ""),
@@ -145,7 +163,14 @@ BLOCKS: dict[str, tuple[str, Callable[[dict, str], str], str]] = {
 """README block -> (JSON path stem under benchmarks/, renderer, PNG stem)."""
 
 
-def block(stem: str, fn: Callable[[dict, str], str], png: str) -> str:
+SINGLE_SETTING = {"accuracy-scale"}
+"""Blocks with one setting (no --quick variant)."""
+
+
+def block(name: str, stem: str, fn: Callable[[dict, str], str], png: str) -> str:
+    if name in SINGLE_SETTING:
+        path = BENCH_DIR / f"{stem}.json"
+        return fn(json.loads(path.read_text()), png) if path.exists() else f"_Not run yet: no {path.relative_to(BENCH_DIR)}._"
     parts = []
     for quick, title in ((True, "Quick setting (`--quick`)"), (False, "Full setting")):
         path = BENCH_DIR / f"{stem}{'-quick' if quick else ''}.json"
@@ -159,7 +184,7 @@ def render(text: str) -> str:
         pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.S)
         if not pattern.search(text):
             sys.exit(f"{README} lacks the markers <!-- {name}:begin --> / <!-- {name}:end -->")
-        body = block(stem, fn, png)
+        body = block(name, stem, fn, png)
         text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
     return text
 

@@ -24,7 +24,9 @@ from fkd.store import LabelStore, Manifest
 from train.augment import build_crop_augment, seeded_rngs
 from train.checkpoint import CheckpointSaver, read_checkpoint, resolve_resume, rng_state, set_rng_state
 from train.cli import main
-from train.data import EpochSampler, EvalDataset, MultiCropDataset, RandomCropPlanner, StoreCropPlanner, collate_crops
+from train.data import (
+    EpochSampler, EvalDataset, MultiCropDataset, RandomCropPlanner, StoreCropPlanner, collate_crops, stored_crop_choice,
+)
 from train.errors import DataMismatchError, SetupError
 from train.runlog import RunLog
 
@@ -395,3 +397,18 @@ def test_missing_val_dir_unknown_model_and_bad_config_are_clear(tiny: TinyData, 
     with pytest.raises(SystemExit) as exc:
         main(["-c", str(bad), *train_args(tiny, tmp_path / "out")])
     assert exc.value.code == 2 and f"cannot read config file {bad}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("num_crops", "n"), [(32, 4), (10, 4), (7, 3), (6, 6)])
+def test_cycled_stored_crops_use_every_crop_once_before_any_repeats(num_crops: int, n: int) -> None:
+    """--stored-crops cycle: positions e*n .. e*n+n-1 of a chain of seeded permutations, so over any
+    whole number of cycles every stored crop is replayed equally often, and no epoch repeats one."""
+    cycles = n  # n cycles of M crops = M whole epochs
+    epochs = [stored_crop_choice(num_crops, n, seed=5, epoch=e, index=3) for e in range(num_crops * cycles // n)]
+    assert all(len(np.unique(chosen)) == n for chosen in epochs)
+    assert np.bincount(np.concatenate(epochs), minlength=num_crops).tolist() == [cycles] * num_crops
+    assert np.array_equal(stored_crop_choice(num_crops, n, 5, 2, 3), epochs[2])  # stateless: any worker, any resume
+    if n < num_crops:
+        assert not all(np.array_equal(a, b) for a, b in zip(epochs, [stored_crop_choice(num_crops, n, 5, e, 4) for e in range(len(epochs))]))
+    random = [stored_crop_choice(num_crops, n, 5, e, 3, order="random") for e in range(len(epochs))]
+    assert all(len(np.unique(chosen)) == n for chosen in random)

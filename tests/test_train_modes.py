@@ -56,6 +56,18 @@ def test_fkd_mode_targets_are_the_schemes_dense_labels(scheme: str, indices, val
     assert torch.allclose(mode.loss(logits, None, targets), hand, rtol=1e-6, atol=0)
 
 
+def test_gt_weight_mixes_the_ground_truth_into_the_stored_labels() -> None:
+    """target = (1 - W) * stored + W * smoothed one-hot; so the loss is (1 - W) CE(stored) + W CE(truth)."""
+    mode = FKDMode("marginal-smoothing", 4, gt_weight=0.25, smoothing=0.1)
+    targets = mode.targets(_batch([0, 3], TOP2, TOP2_VALUES))
+    stored = torch.tensor([[0.25, 0.125, 0.5, 0.125], [0.125, 0.625, 0.125, 0.125]])
+    truth = torch.tensor([[0.925, 0.025, 0.025, 0.025], [0.025, 0.025, 0.025, 0.925]])
+    assert torch.allclose(targets, 0.75 * stored + 0.25 * truth, rtol=0, atol=1e-6)
+    logits = torch.randn(2, 4)
+    expected = 0.75 * soft_target_cross_entropy(logits, stored) + 0.25 * soft_target_cross_entropy(logits, truth)
+    assert torch.allclose(mode.loss(logits, None, targets), expected, rtol=1e-6)
+
+
 def test_deit_mode_splits_heads_between_ground_truth_and_store() -> None:
     mode = DeiTMode("marginal-smoothing", 4, smoothing=0.0, kind="soft", alpha=0.3)
     targets = mode.targets(_batch([1, 3], TOP2, TOP2_VALUES))
@@ -130,6 +142,10 @@ def test_online_kd_applies_one_temperature_hinton_kd() -> None:
         (["--mode", "online-kd", "--teacher", "test_resnet", "--temperature", "2"],
          "--temperature 2.0 is not used by fkd-train: set the distillation temperature with --kd-tau"),
         (["--mode", "deit", "--temperature", "4"], "--temperature 4.0 is not used by fkd-train"),
+        (["--mode", "supervised", "--gt-weight", "0.3"], "--gt-weight mixes ground truth into stored labels (--mode fkd)"),
+        (["--mode", "fkd", "--gt-weight", "1.5"], "--gt-weight must be in [0, 1], got 1.5"),
+        (["--mode", "fkd", "--smoothing", "0.1"], "--smoothing smooths ground-truth targets: in --mode fkd it needs --gt-weight W > 0"),
+        (["--mode", "supervised", "--stored-crops", "random"], "--stored-crops chooses among stored crops: --mode supervised draws fresh"),
     ],
 )
 def test_options_a_run_would_not_use_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str) -> None:

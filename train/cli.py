@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("data")
     g.add_argument("--store", help="label store directory written by fkd-labelgen (required by --mode fkd and deit)")
-    g.add_argument("--data", required=True, help="training images: the ImageFolder directory (or CSV/TXT list) the store was made from")
+    g.add_argument("--data", required=True, help="training images: the ImageFolder directory (or CSV/TXT list, or tar shards) the store was made from")
     g.add_argument("--val-data", help="validation ImageFolder (or list) evaluated after every epoch (top-1/top-5); omit to skip evaluation")
     g.add_argument("--crops-per-image", type=int, default=4, metavar="N",
                    help="crops replayed per decoded image and step (FKD's num_crops; at most the store's crops per image; default 4)")
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--crop-pct", type=float, help="validation centre-crop fraction: resize to size/crop_pct, crop size (default: the model's)")
     g.add_argument("--crop-scale", type=float, nargs=2, metavar=("MIN", "MAX"),
                    help="RandomResizedCrop area range of supervised/online-kd crops (default: the store's when --store is given, else 0.08 1)")
+    g.add_argument("--stored-crops", choices=("cycle", "random"), default="cycle",
+                   help="which of an image's M stored crops each epoch replays: cycle (default) deals them from a seeded "
+                        "permutation, so every stored crop is used once before any repeats; random draws N afresh every epoch")
     g.add_argument("--allow-resized", action="store_true",
                    help="accept images whose size differs from the store's (the boxes are fractions of the image, mapped onto the resized copy)")
     g.add_argument("--color-jitter", type=float, default=0.0, help="per-crop brightness/contrast/saturation jitter strength (0 = off)")
@@ -88,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mode", choices=MODES, default="fkd",
                    help="fkd: stored soft labels (default); supervised: ground truth only; online-kd: the teacher runs every step; "
                         "deit: distillation token learns the stored labels, class token the ground truth")
+    g.add_argument("--gt-weight", type=float, default=0.0, metavar="W",
+                   help="fkd: mix the ground truth into the stored labels, target = (1-W)*stored + W*one-hot(label) (with "
+                        "--smoothing applied to the one-hot): the usual cure for a weak teacher (default 0: stored labels only)")
     g.add_argument("--smoothing", type=float, default=0.0, help="label smoothing of ground-truth targets (supervised, online-kd, deit; default 0)")
     g.add_argument("--kd", choices=("soft", "hard"), default=DISTILL_DEFAULTS["kd"],
                    help="online-kd/deit distillation: soft (KL at --kd-tau, x tau^2; deit: the stored distribution) or hard (CE on the teacher's top-1)")

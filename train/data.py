@@ -30,7 +30,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from torchvision.transforms.v2 import functional as TF
 
 from fkd.crops import CropParams, boxes_to_fixed, parse_interpolation, replay_fixed, sample_crops
-from fkd.images import ImageList, check_fingerprint, load_image, read_image
+from fkd.images import FolderSource, ImageList, ImageSource, check_fingerprint, load_image, read_image
 from fkd.store import LabelStore
 
 from .augment import CropAugment, seeded_rngs
@@ -63,8 +63,46 @@ class CropPlanner(Protocol):
     def plan(self, index: int, epoch: int, height: int, width: int) -> CropPlan: ...
 
 
+CROP_ORDERS = ("cycle", "random")
+
+
+def stored_crop_choice(num_crops: int, n: int, seed: int, epoch: int, index: int, order: str = "cycle") -> np.ndarray:
+    """Which n of an image's M stored crops epoch ``epoch`` replays (sorted crop indices, no repeats).
+
+    ``cycle``: the crops are dealt from a seeded permutation of the M, n per epoch, so every stored
+    crop is used once before any is used again (epochs e*n/M .. cover the store); the next
+    permutation starts with the crops the previous one did not reach in a shared epoch, so no epoch
+    repeats a crop. ``random``: n of M drawn afresh every epoch (after E epochs some crops are
+    replayed several times and others never: at M=32, n=4, E=8, only 21 of 32 on average).
+    Both depend on (seed, epoch, index) alone, so any worker, and a resumed run, replays them.
+    """
+    if order == "random":
+        rng = np.random.default_rng(derived_seed(seed, epoch, index, 0))
+        return np.sort(rng.choice(num_crops, n, replace=False))
+    if order != "cycle":
+        raise ValueError(f"unknown crop order {order!r}; choose one of {', '.join(CROP_ORDERS)}")
+    start = epoch * n
+    dealt = [_cycle_permutation(num_crops, n, seed, index, c) for c in range(start // num_crops, (start + n - 1) // num_crops + 1)]
+    sequence = np.concatenate(dealt)
+    offset = start - (start // num_crops) * num_crops
+    return np.sort(sequence[offset : offset + n])
+
+
+def _cycle_permutation(num_crops: int, n: int, seed: int, index: int, cycle: int) -> np.ndarray:
+    """Permutation number ``cycle`` of an image's crops, with the crops the previous cycle deals in
+    the epoch the two share moved to its end (so that epoch has no crop twice)."""
+    perm = np.random.default_rng(derived_seed(seed, cycle, index, 3)).permutation(num_crops)
+    shared = (cycle * num_crops) % n  # crops of the previous cycle in the epoch where this one starts
+    if cycle == 0 or shared == 0:
+        return perm
+    tail = _cycle_permutation(num_crops, n, seed, index, cycle - 1)[num_crops - shared :]
+    taken = np.isin(perm, tail)
+    return np.concatenate([perm[~taken], perm[taken]])
+
+
 class StoreCropPlanner:
-    """n of an image's M stored crops per epoch, drawn without replacement from (seed, epoch, index).
+    """n of an image's M stored crops per epoch (``stored_crop_choice``: by default every stored crop
+    is used once before any repeats).
 
     The image must be the file the crops were labelled on: same fingerprint (CRC-32 of its bytes,
     when the store records them) and same size. ``allow_resized`` accepts a resized copy instead
@@ -73,7 +111,8 @@ class StoreCropPlanner:
     """
 
     def __init__(
-        self, store: LabelStore, crops_per_image: int, seed: int, allow_resized: bool = False, check_fingerprints: bool = True
+        self, store: LabelStore, crops_per_image: int, seed: int, allow_resized: bool = False, check_fingerprints: bool = True,
+        order: str = "cycle",
     ):
         if not 1 <= crops_per_image <= store.meta.num_crops:
             raise SetupError(
@@ -82,6 +121,7 @@ class StoreCropPlanner:
         self.store = store
         self.crops_per_image = crops_per_image
         self.seed = seed
+        self.order = order
         self.allow_resized = allow_resized
         self.check_fingerprints = check_fingerprints and not allow_resized
         self.image_ids = list(store.image_ids)
@@ -95,8 +135,7 @@ class StoreCropPlanner:
                 f"{rec.image_id}: the image is {height}x{width} pixels but the store's crops were drawn on "
                 f"{rec.height}x{rec.width}; use the data the store was made from, or pass --allow-resized"
             )
-        rng = np.random.default_rng(derived_seed(self.seed, epoch, index, 0))
-        chosen = np.sort(rng.choice(len(rec.flips), self.crops_per_image, replace=False))
+        chosen = stored_crop_choice(len(rec.flips), self.crops_per_image, self.seed, epoch, index, self.order)
         return CropPlan(
             rec.boxes_fixed[chosen], rec.flips[chosen], chosen,
             None if rec.indices is None else rec.indices[chosen],
@@ -140,14 +179,14 @@ class MultiCropDataset(Dataset):
 
     def __init__(
         self,
-        root: Path,
+        source: "Path | ImageSource",
         planner: CropPlanner,
         size: int,
         interpolation: str,
         augment: "CropAugment | None" = None,
         seed: int = 0,
     ):
-        self.root = Path(root)
+        self.source = FolderSource(Path(source)) if isinstance(source, (str, Path)) else source
         self.planner = planner
         self.size = size
         self.interpolation = parse_interpolation(interpolation)
@@ -159,11 +198,12 @@ class MultiCropDataset(Dataset):
 
     def __getitem__(self, key: "tuple[int, int]") -> CropSample:
         epoch, index = key
-        loaded = read_image(self.root / self.planner.image_ids[index])
+        location = self.source.locate(self.planner.image_ids[index])
+        loaded = read_image(location)
         image = loaded.pixels
         height, width = image.shape[-2:]
         plan = self.planner.plan(index, epoch, height, width)
-        check_fingerprint(self.root / self.planner.image_ids[index], loaded.fingerprint, plan.fingerprint)
+        check_fingerprint(location, loaded.fingerprint, plan.fingerprint)
         crops = replay_fixed(image, plan.boxes_fixed, plan.flips, self.size, self.interpolation)
         if self.augment is not None:
             with seeded_rngs(derived_seed(self.seed, epoch, index, 1)):
@@ -239,7 +279,7 @@ class EvalDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = load_image(self.images.path(index))
+        image = load_image(self.images.location(index))
         image = TF.resize(image, [self.resize_to], interpolation=self.interpolation, antialias=True)
         return TF.center_crop(image, [self.size, self.size]), self.images.entries[index].label
 

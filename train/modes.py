@@ -15,7 +15,6 @@ online-kd, the mixed images in [0, 1]) into a scalar.
 
 from __future__ import annotations
 
-import argparse
 from typing import Protocol
 
 import torch
@@ -26,30 +25,6 @@ from fkd.losses import DistillationLoss, deit_token_loss, soft_target_cross_entr
 from fkd.quantize import decode
 
 from .data import CropBatch
-from .errors import SetupError
-from .mode_names import DISTILL_DEFAULTS, DISTILL_MODES, STORE_MODES  # noqa: F401 (STORE_MODES: run.py imports it from here)
-
-
-def check_distillation_args(args: argparse.Namespace) -> None:
-    """Refuse distillation settings a run would not use, instead of silently ignoring them.
-
-    One temperature, as Hinton KD defines it: the online teacher runs at temperature 1 and --kd-tau
-    tempers it once, in the loss; so fkd-train refuses the teacher's own --temperature.
-    """
-    if args.temperature != 1.0:
-        raise SetupError(
-            f"--temperature {args.temperature} is not used by fkd-train: set the distillation temperature with --kd-tau "
-            f"(--mode {' and '.join(DISTILL_MODES)}; the teacher runs at temperature 1)"
-        )
-    if args.mode not in DISTILL_MODES:
-        for name, default in DISTILL_DEFAULTS.items():
-            if getattr(args, name) != default:
-                raise SetupError(
-                    f"--{name.replace('_', '-')} {getattr(args, name)} has no effect in --mode {args.mode}: "
-                    f"it is used by --mode {' and '.join(DISTILL_MODES)} only"
-                )
-    if args.kd == "hard" and args.kd_tau != 1.0:
-        raise SetupError(f"--kd-tau {args.kd_tau} has no effect with --kd hard (it learns the teacher's top-1 class); use --kd soft or drop --kd-tau")
 
 
 class TrainMode(Protocol):
@@ -66,14 +41,23 @@ def one_hot_targets(labels: torch.Tensor, num_classes: int, smoothing: float) ->
 
 
 class FKDMode:
-    """Train on the stored soft labels alone: the teacher never runs."""
+    """Train on the stored soft labels: the teacher never runs. With ``gt_weight`` W > 0 the target
+    is ``(1 - W) * stored + W * one_hot(label)`` (smoothed by ``smoothing``): soft-target CE being
+    linear in the target, that is ``(1 - W) * CE(stored) + W * CE(ground truth)``, and Mixup/CutMix
+    mix the combined target with the image."""
 
-    def __init__(self, scheme: str, num_classes: int):
+    def __init__(self, scheme: str, num_classes: int, gt_weight: float = 0.0, smoothing: float = 0.0):
         self.scheme = scheme
         self.num_classes = num_classes
+        self.gt_weight = gt_weight
+        self.smoothing = smoothing
 
     def targets(self, batch: CropBatch) -> torch.Tensor:
-        return decode(batch.indices, batch.values, self.scheme, self.num_classes)
+        stored = decode(batch.indices, batch.values, self.scheme, self.num_classes)
+        if not self.gt_weight:
+            return stored
+        truth = one_hot_targets(batch.labels, self.num_classes, self.smoothing)
+        return (1.0 - self.gt_weight) * stored + self.gt_weight * truth
 
     def loss(self, output: torch.Tensor, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return soft_target_cross_entropy(output, targets)

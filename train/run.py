@@ -24,7 +24,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from fkd.crops import DEFAULT_RATIO, DEFAULT_SCALE, CropParams
-from fkd.images import ImageList, list_images
+from fkd.images import ImageList, ImageSource, list_images
+from fkd.tars import is_tar_data
 from fkd.store import LabelStore
 from fkd.teachers import create_teacher
 
@@ -35,7 +36,9 @@ from .distributed import DistInfo, all_gather_objects, barrier, init_distributed
 from .engine import EvalStats, Normalizer, Trainer, evaluate, train_one_epoch
 from .errors import SetupError
 from .mixup import SoftTargetMixup
-from .modes import STORE_MODES, DeiTMode, FKDMode, OnlineKDMode, SupervisedMode, TrainMode, check_distillation_args
+from .mode_names import STORE_MODES
+from .modes import DeiTMode, FKDMode, OnlineKDMode, SupervisedMode, TrainMode
+from .options import check_args
 from .output import OutputDir
 from .preflight import check_labels_known, check_num_classes, check_store_matches_data, in_store_classes
 from .runlog import RunLog
@@ -84,32 +87,19 @@ def resolve_amp(amp: str, device: torch.device) -> "torch.dtype | None":
 def list_data(path: "str | None", flag: str) -> ImageList:
     if not path:
         raise SetupError(f"{flag} is required")
-    if not Path(path).exists():
+    if not Path(path).exists() and not is_tar_data(path):
         raise SetupError(f"{flag} {path}: no such directory or list file")
     try:
         return list_images(path)
-    except ValueError as exc:
+    except (OSError, ValueError) as exc:  # OSError: a missing tar shard
         raise SetupError(f"{flag} {path}: {exc}") from None
-
-
-def check_args(args: argparse.Namespace) -> None:
-    for name, low in (("batch_size", 1), ("epochs", 1), ("crops_per_image", 1), ("workers", 0), ("keep_checkpoints", 0), ("log_every", 1)):
-        if getattr(args, name) < low:
-            raise SetupError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
-    if not 0 <= args.smoothing < 1:
-        raise SetupError(f"--smoothing must be in [0, 1), got {args.smoothing}")
-    if args.mode in STORE_MODES and not args.store:
-        raise SetupError(f"--mode {args.mode} trains from a label store: give --store (or use --mode supervised / online-kd)")
-    if args.mode == "online-kd" and not (args.teacher or args.teacher_module):
-        raise SetupError("--mode online-kd runs a teacher: give --teacher NAME or --teacher-module pkg.mod:factory")
-    check_distillation_args(args)
 
 
 @dataclass
 class TrainData:
     """The training images and how their crops are planned, with the class count they imply."""
 
-    root: Path
+    source: ImageSource
     planner: Any
     num_classes: int
     interpolation: "str | None"
@@ -124,10 +114,10 @@ def prepare_train_data(args: argparse.Namespace) -> TrainData:
         assert store is not None
         num_classes = check_num_classes(store.meta.num_classes, args.num_classes)
         warnings = check_store_matches_data(store, images, args.allow_resized)
-        if args.mode == "deit":
-            check_labels_known(store.labels, store.image_ids, "the store", args.mode)
-        planner = StoreCropPlanner(store, args.crops_per_image, args.seed, args.allow_resized)
-        return TrainData(images.root, planner, num_classes, store.meta.interpolation, store, warnings)
+        if args.mode == "deit" or args.gt_weight > 0:
+            check_labels_known(store.labels, store.image_ids, "the store", f"{args.mode} --gt-weight" if args.mode == "fkd" else args.mode)
+        planner = StoreCropPlanner(store, args.crops_per_image, args.seed, args.allow_resized, order=args.stored_crops)
+        return TrainData(images.source, planner, num_classes, store.meta.interpolation, store, warnings)
     check_labels_known(images.labels, images.image_ids, "--data", args.mode)
     num_classes = args.num_classes or len(images.class_names)
     if int(images.labels.max()) >= num_classes:
@@ -139,12 +129,12 @@ def prepare_train_data(args: argparse.Namespace) -> TrainData:
     except ValueError as exc:
         raise SetupError(f"--crop-scale: {exc}") from None
     planner = RandomCropPlanner(images, args.crops_per_image, args.seed, params)
-    return TrainData(images.root, planner, num_classes, None, store, [])
+    return TrainData(images.source, planner, num_classes, None, store, [])
 
 
 def build_mode(args: argparse.Namespace, data: TrainData, device: torch.device) -> TrainMode:
     if args.mode == "fkd":
-        return FKDMode(data.store.meta.scheme, data.num_classes)
+        return FKDMode(data.store.meta.scheme, data.num_classes, args.gt_weight, args.smoothing)
     if args.mode == "deit":
         return DeiTMode(data.store.meta.scheme, data.num_classes, args.smoothing, args.kd, args.kd_alpha, args.kd_tau)
     if args.mode == "supervised":
@@ -168,7 +158,7 @@ def build_loaders(
     """Training loader (B images -> B*n crops, this rank's part of the images) and the sharded
     validation loader. Loader generators are seeded so they draw nothing from the global RNG."""
     dataset = MultiCropDataset(
-        data.root, data.planner, cfg.input_size, args.interpolation or data.interpolation or cfg.interpolation,
+        data.source, data.planner, cfg.input_size, args.interpolation or data.interpolation or cfg.interpolation,
         build_crop_augment(args.color_jitter, args.randaugment), args.seed,
     )
     sampler = EpochSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=args.seed)

@@ -27,7 +27,7 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -50,18 +50,24 @@ ABLATION_CROPS = (1, 2, 4, 8)
 
 @dataclass(frozen=True)
 class Run:
-    """One fkd-train run: a mode (and scheme), crops per image, seed."""
+    """One fkd-train run: a mode (and scheme), crops per image, seed; for fkd also the store's M
+    (None: the setting's), the ground-truth weight and the stored-crop order."""
 
     mode: str
     scheme: "str | None"
     top_k: int
     crops: int
     seed: int
+    store_crops: "int | None" = None
+    gt_weight: float = 0.0
+    stored_crops: str = "cycle"
 
     @property
     def name(self) -> str:
         label = self.mode if self.scheme is None else f"fkd-{self.scheme}" + (f"-k{self.top_k}" if self.scheme.startswith("marginal") else "")
-        return f"{label}-n{self.crops}"
+        extra = (f"-M{self.store_crops}" if self.store_crops else "") + (f"-gt{self.gt_weight:g}" if self.gt_weight else "")
+        extra += "-random" if self.stored_crops != "cycle" else ""
+        return f"{label}{extra}-n{self.crops}"
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,9 @@ def train(run: Run, args: argparse.Namespace, setting: LabelSetting, data: Path,
     if run.mode == "online-kd":
         argv += ["--teacher-module", KERAS_TEACHER, "--kd-alpha", "1.0"]  # pure soft KD (--kd soft, --kd-tau 1: the defaults)
     if run.mode == "fkd":
-        argv += ["--store", str(converted_store(setting, run.scheme, run.top_k))]
+        store_setting = replace(setting, crops=run.store_crops) if run.store_crops else setting
+        argv += ["--store", str(converted_store(store_setting, run.scheme, run.top_k)), "--stored-crops", run.stored_crops]
+        argv += ["--gt-weight", str(run.gt_weight)] if run.gt_weight else []
     done = out / "benchmark.json"
     if done.exists() and json.loads(done.read_text()).get("argv") == argv:
         return {**json.loads(done.read_text())["result"], "reused": True}
@@ -103,6 +111,8 @@ def train(run: Run, args: argparse.Namespace, setting: LabelSetting, data: Path,
     train_seconds = sum(e["samples"] / e["samples_per_s"] for e in epochs_log)
     result = {
         "name": run.name, "mode": run.mode, "scheme": run.scheme, "top_k": run.top_k, "crops_per_image": run.crops, "seed": run.seed,
+        "store_crops": run.store_crops or setting.crops, "gt_weight": run.gt_weight, "stored_crops": run.stored_crops,
+        "top1_per_epoch": [e["val_top1"] for e in epochs_log], "train_loss_per_epoch": [e["train_loss"] for e in epochs_log],
         "epochs": epochs, "images_per_step": images_per_step, "steps": plan.steps,
         "top1": epochs_log[-1]["val_top1"], "top5": epochs_log[-1]["val_top5"], "wall_seconds": wall,
         "train_samples": samples, "train_samples_per_s": samples / train_seconds,
@@ -134,7 +144,8 @@ def summarize(results: list[dict]) -> list[dict]:
     for name, runs in groups.items():
         top1 = [r["top1"] for r in runs]
         rows.append({
-            **{k: runs[0][k] for k in ("name", "mode", "scheme", "top_k", "crops_per_image", "epochs", "images_per_step", "steps")},
+            **{k: runs[0].get(k) for k in ("name", "mode", "scheme", "top_k", "crops_per_image", "epochs", "images_per_step", "steps",
+                                           "store_crops", "gt_weight", "stored_crops")},
             "seeds": len(runs), "top1_mean": statistics.fmean(top1), "top1_std": statistics.stdev(top1) if len(top1) > 1 else None,
             "top1_runs": top1, "wall_seconds": statistics.fmean(r["wall_seconds"] for r in runs),
             "train_samples_per_s": statistics.fmean(r["train_samples_per_s"] for r in runs),
@@ -217,6 +228,10 @@ def plot(result: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", action="store_true",
+                        help="the scale block (bench_scale.py): 1,000 train images per class, 2,504 steps of 128 crops, 2 seeds, "
+                        "M=32 vs 128 and what closes the gap to online KD (hours on 2 cores; --jobs 2 runs two at once)")
+    parser.add_argument("--jobs", type=int, default=1, help="training runs at once, each with --threads threads (--scale only)")
     parser.add_argument("--quick", action="store_true",
                         help="128 train images per class, M=32, 200 test images per class, 1 seed, epoch unit 1 (< 10 min on 2 cores)")
     parser.add_argument("--per-class", type=int, default=256, help="train images per class (default 256)")
@@ -229,6 +244,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default: next to this script, -quick for --quick)")
     parser.add_argument("--plot", type=Path, default=None, help="PNG plot (default: next to this script, -quick for --quick)")
     args = parser.parse_args()
+    if args.scale:
+        from benchmarks.accuracy.bench_scale import run_scale
+
+        return run_scale(args)
     args.out = args.out or result_path(__file__, args.quick)
     args.plot = args.plot or result_path(__file__, args.quick, 'accuracy', '.png')
     if args.quick:

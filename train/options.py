@@ -1,0 +1,52 @@
+"""Which fkd-train options make sense together: refused up front, with the option named, rather than
+silently ignored or failing mid-run. Imports no torch: it runs before anything heavy is loaded."""
+
+from __future__ import annotations
+
+import argparse
+
+from .errors import SetupError
+from .mode_names import DISTILL_DEFAULTS, DISTILL_MODES, STORE_MODES
+
+
+def check_args(args: argparse.Namespace) -> None:
+    for name, low in (("batch_size", 1), ("epochs", 1), ("crops_per_image", 1), ("workers", 0), ("keep_checkpoints", 0), ("log_every", 1)):
+        if getattr(args, name) < low:
+            raise SetupError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
+    if not 0 <= args.smoothing < 1:
+        raise SetupError(f"--smoothing must be in [0, 1), got {args.smoothing}")
+    if not 0 <= args.gt_weight <= 1:
+        raise SetupError(f"--gt-weight must be in [0, 1], got {args.gt_weight}")
+    if args.gt_weight and args.mode != "fkd":
+        raise SetupError(f"--gt-weight mixes ground truth into stored labels (--mode fkd); --mode {args.mode} has its own ground-truth term")
+    if args.mode == "fkd" and args.smoothing and not args.gt_weight:
+        raise SetupError("--smoothing smooths ground-truth targets: in --mode fkd it needs --gt-weight W > 0")
+    if args.stored_crops != "cycle" and args.mode not in STORE_MODES:
+        raise SetupError(f"--stored-crops chooses among stored crops: --mode {args.mode} draws fresh random crops")
+    if args.mode in STORE_MODES and not args.store:
+        raise SetupError(f"--mode {args.mode} trains from a label store: give --store (or use --mode supervised / online-kd)")
+    if args.mode == "online-kd" and not (args.teacher or args.teacher_module):
+        raise SetupError("--mode online-kd runs a teacher: give --teacher NAME or --teacher-module pkg.mod:factory")
+    check_distillation_args(args)
+
+
+def check_distillation_args(args: argparse.Namespace) -> None:
+    """Refuse distillation settings a run would not use, instead of silently ignoring them.
+
+    One temperature, as Hinton KD defines it: the online teacher runs at temperature 1 and --kd-tau
+    tempers it once, in the loss; so fkd-train refuses the teacher's own --temperature.
+    """
+    if args.temperature != 1.0:
+        raise SetupError(
+            f"--temperature {args.temperature} is not used by fkd-train: set the distillation temperature with --kd-tau "
+            f"(--mode {' and '.join(DISTILL_MODES)}; the teacher runs at temperature 1)"
+        )
+    if args.mode not in DISTILL_MODES:
+        for name, default in DISTILL_DEFAULTS.items():
+            if getattr(args, name) != default:
+                raise SetupError(
+                    f"--{name.replace('_', '-')} {getattr(args, name)} has no effect in --mode {args.mode}: "
+                    f"it is used by --mode {' and '.join(DISTILL_MODES)} only"
+                )
+    if args.kd == "hard" and args.kd_tau != 1.0:
+        raise SetupError(f"--kd-tau {args.kd_tau} has no effect with --kd hard (it learns the teacher's top-1 class); use --kd soft or drop --kd-tau")
