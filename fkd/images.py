@@ -9,7 +9,6 @@ on one machine or OS can be trained from on another.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import os
 import zlib
@@ -19,21 +18,11 @@ from pathlib import Path, PurePath
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
-UNKNOWN_LABEL = -1
-"""Label of an image whose class is not known (an unlabeled list)."""
+from .sources import IMG_EXTENSIONS, UNKNOWN_LABEL, BadImageError, ImageEntry, ImageList, ImageLocation, is_image_file
+from .tars import is_tar_data, list_tar_images
 
 _HEADER_LABEL_NAMES = {"label", "labels", "class", "target"}
-
-
-class BadImageError(ValueError):
-    """An image file that cannot be decoded (corrupt, truncated or not an image)."""
-
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
-        self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"cannot read image {self.path}: {reason}")
 
 
 class ImageMismatchError(ValueError):
@@ -58,7 +47,7 @@ def fingerprint(data: bytes) -> int:
     return zlib.crc32(data)
 
 
-def check_fingerprint(path: str | os.PathLike, found: int, expected: "int | None") -> None:
+def check_fingerprint(path: "str | os.PathLike | ImageLocation", found: int, expected: "int | None") -> None:
     """Refuse an image file whose CRC-32 differs from the one recorded at labelling time
     (``expected`` None: the store predates fingerprints, nothing to check)."""
     if expected is not None and found != expected:
@@ -68,47 +57,9 @@ def check_fingerprint(path: str | os.PathLike, found: int, expected: "int | None
         )
 
 
-@dataclass(frozen=True)
-class ImageEntry:
-    """One image: its id (path relative to the data root, '/' separated) and class index."""
-
-    image_id: str
-    label: int = UNKNOWN_LABEL
-
-
-@dataclass
-class ImageList:
-    """The ordered images of a run. Position ``i`` here is image index ``i`` in the label store."""
-
-    root: Path
-    entries: list[ImageEntry]
-    class_names: list[str]
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def path(self, i: int) -> Path:
-        return self.root / self.entries[i].image_id
-
-    @property
-    def image_ids(self) -> list[str]:
-        return [e.image_id for e in self.entries]
-
-    @property
-    def labels(self) -> np.ndarray:
-        return np.array([e.label for e in self.entries], dtype=np.int64)
-
-    def fingerprint(self) -> str:
-        """sha256 of the ordered (id, label) pairs: lets a store refuse to be resumed or trained
-        against a different image list, without depending on where the data root lives."""
-        digest = hashlib.sha256()
-        for e in self.entries:
-            digest.update(f"{e.image_id}\t{e.label}\n".encode())
-        return digest.hexdigest()
-
-
 def list_images(data: str | os.PathLike, root: str | os.PathLike | None = None) -> ImageList:
-    """List the images of ``data``: an ImageFolder directory, or a CSV/TXT list file.
+    """List the images of ``data``: an ImageFolder directory, a CSV/TXT list file, or tar shards
+    (``fkd.tars``: a ``.tar`` path, a brace pattern ``train-{0000..0099}.tar``, a list of shards).
 
     ImageFolder: sorted class subfolders give labels 0..K-1 (torchvision's rule); image files with
     torchvision's extensions are searched recursively in each class folder; hidden folders are
@@ -116,16 +67,14 @@ def list_images(data: str | os.PathLike, root: str | os.PathLike | None = None) 
     '#' comment lines, optional ``path,label`` header), paths relative to ``root`` or else to the
     list file's folder.
     """
+    if is_tar_data(data):
+        return list_tar_images(data)
     data = Path(data)
     if not data.exists():
         raise FileNotFoundError(f"image data not found: {data}")
     if data.is_dir():
         return _scan_image_folder(data)
     return _read_image_list(data, Path(root) if root is not None else data.parent)
-
-
-def _is_image_file(name: str) -> bool:
-    return name.lower().endswith(IMG_EXTENSIONS)
 
 
 def _scan_image_folder(root: Path) -> ImageList:
@@ -138,7 +87,7 @@ def _scan_image_folder(root: Path) -> ImageList:
         for folder, dirs, files in os.walk(root / name, followlinks=True):
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             rel = Path(folder).relative_to(root).as_posix()
-            ids.extend(f"{rel}/{f}" for f in files if _is_image_file(f))
+            ids.extend(f"{rel}/{f}" for f in files if is_image_file(f))
         if not ids:
             raise ValueError(f"class folder {root / name} has no image files (extensions: {', '.join(IMG_EXTENSIONS)})")
         entries.extend(ImageEntry(i, label) for i in sorted(ids))
@@ -223,23 +172,24 @@ def _read_image_list(list_file: Path, root: Path) -> ImageList:
     return ImageList(root, entries, [str(c) for c in range(num_classes)])
 
 
-def load_image(path: str | os.PathLike) -> torch.Tensor:
+def load_image(path: "str | os.PathLike | ImageLocation") -> torch.Tensor:
     """Decode an image file to a uint8 (3, H, W) RGB tensor, whatever its mode (``read_image``)."""
     return read_image(path).pixels
 
 
-def read_image(path: str | os.PathLike) -> LoadedImage:
-    """Read an image file once: its fingerprint (CRC-32 of the bytes) and its pixels as a uint8
-    (3, H, W) RGB tensor, whatever its mode.
+def read_image(path: "str | os.PathLike | ImageLocation") -> LoadedImage:
+    """Read an image file (or tar member) once: its fingerprint (CRC-32 of the bytes) and its
+    pixels as a uint8 (3, H, W) RGB tensor, whatever its mode.
 
     Teacher and student must agree on every pixel, so decoding is done once, here. Alpha is dropped
     (not composited), as ``PIL.Image.convert('RGB')`` in torchvision/timm does; high-bit-depth
     grayscale is rescaled by its real bit depth (PIL's own conversion would clip it to white).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    data = path.read_bytes()
+    location = path if isinstance(path, ImageLocation) else ImageLocation(str(path))
+    if not Path(location.path).is_file():
+        raise FileNotFoundError(f"image file not found: {location.path}")
+    data = location.read_bytes()
+    path = location if location.size >= 0 else Path(location.path)
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()

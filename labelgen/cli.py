@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     io = parser.add_argument_group("data and store")
     io.add_argument("--data", required=True, metavar="DATA",
                     help="ImageFolder directory (one subfolder per class; label = sorted index) or a CSV/TXT list "
-                    "of image paths relative to the list's folder, with optional integer labels ('path[,label]')")
+                    "of image paths relative to the list's folder, with optional integer labels ('path[,label]'), or tar shards "
+                    "(WebDataset layout: 'train-{0000..0099}.tar' or a list file of .tar paths; labels from KEY.cls)")
     io.add_argument("--out", required=True, type=Path, metavar="STORE",
                     help="label store directory to create, or to resume when it holds a store made with the same settings")
     io.add_argument("--overwrite", action="store_true",

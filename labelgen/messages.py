@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fkd.crops import CropParams
+from fkd.images import ImageLocation
 from fkd.store import RecordLayout, ShardData
 
 from .errors import BadImage
@@ -25,10 +26,11 @@ class LabelSettings:
 
 @dataclass(frozen=True)
 class ImageRef:
-    """One image to read: its id in the store and where this run finds the file."""
+    """One image to read: its id in the store and where this run finds its bytes (a file, or a
+    member of a tar shard)."""
 
     image_id: str
-    path: str
+    location: ImageLocation
     label: int = -1
 
 

@@ -19,10 +19,9 @@ from .messages import ImageRef, LabelSettings, ShardTask, TeacherInfo
 
 
 def image_refs(images: ImageList) -> list[ImageRef]:
-    """The listing as picklable records. Paths are made absolute here because Ray workers need
-    not share the driver's working directory (on a cluster they must see the data at this path)."""
-    root = Path(images.root).absolute()
-    return [ImageRef(e.image_id, str(root / e.image_id), int(e.label)) for e in images.entries]
+    """The listing as picklable records. Locations are absolute (``ImageList``) because Ray workers
+    need not share the driver's working directory (on a cluster they must see the data at this path)."""
+    return [ImageRef(e.image_id, images.location(i), int(e.label)) for i, e in enumerate(images.entries)]
 
 
 def chunks(items: list[ImageRef], size: int) -> list[list[ImageRef]]:

@@ -92,19 +92,25 @@ class WorkerPool:
         finish; ``poll()`` is called every ``poll_seconds`` while none finishes.
 
         A failed task goes back to the front of the queue; after ``max_retries`` retries the run
-        stops with ``ShardFailedError`` naming the task and its last error.
+        stops with ``ShardFailedError`` naming the task and its last error. A dead actor's
+        replacement takes tasks only once it has loaded its teacher: when its node is gone and no
+        other node has room for it, the surviving actors do the work instead of it waiting forever.
         """
         queue: deque[int] = deque(range(len(tasks)))
         failures = [0] * len(tasks)
         idle = list(self.actors)
         running: dict[ray.ObjectRef, tuple[Any, int]] = {}
+        starting: dict[ray.ObjectRef, Any] = {}  # replacement actors, until their teacher is loaded
         while queue or running:
             while queue and idle:
                 actor, i = idle.pop(), queue.popleft()
                 running[getattr(actor, method).remote(tasks[i], *extra)] = (actor, i)
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=poll_seconds if poll else None)
+            ready, _ = ray.wait([*running, *starting], num_returns=1, timeout=poll_seconds if poll else None)
             if not ready:
                 poll()
+                continue
+            if ready[0] in starting:
+                idle.append(self._started(starting.pop(ready[0]), ready[0]))
                 continue
             actor, i = running.pop(ready[0])
             try:
@@ -112,7 +118,8 @@ class WorkerPool:
             except RayActorError as err:
                 if err.actor_init_failed:
                     raise LabelgenError(f"a replacement worker could not load the teacher: {describe_error(err)}") from None
-                idle.append(self._replace(actor))
+                fresh = self._replace(actor)
+                starting[fresh.info.remote()] = fresh
                 self._retry(queue, failures, i, name(tasks[i]), err)
             except RayError as err:
                 idle.append(actor)
@@ -120,6 +127,15 @@ class WorkerPool:
             else:
                 idle.append(actor)
                 yield tasks[i], result
+
+    @staticmethod
+    def _started(actor: "ray.actor.ActorHandle", ready: "ray.ObjectRef") -> "ray.actor.ActorHandle":
+        """A replacement actor whose ``info()`` call finished: usable, unless loading failed."""
+        try:
+            ray.get(ready)
+        except RayError as err:
+            raise LabelgenError(f"a replacement worker could not load the teacher: {describe_error(err)}") from None
+        return actor
 
     def _retry(self, queue: deque[int], failures: list[int], i: int, label: str, err: RayError) -> None:
         failures[i] += 1

@@ -273,7 +273,7 @@ def _load(image: ImageRef) -> "LoadedImage | BadImage":
     """The decoded image and its fingerprint, or why it cannot be used (corrupt, truncated, not an
     image, missing)."""
     try:
-        return read_image(image.path)
+        return read_image(image.location)
     except BadImageError as exc:
         return BadImage(image.image_id, exc.reason)
     except FileNotFoundError:

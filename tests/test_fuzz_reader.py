@@ -2,8 +2,9 @@
 ``StoreError``s naming the file, within bounded time and memory.
 
 Three layers are attacked separately:
-- accidental damage (flipped, cut or appended bytes): refused by size / sha256 before HDF5 parses
-  the file (HDF5 can hang on a damaged global heap, see fkd/store/reader.py);
+- accidental damage (flipped, cut or appended bytes): refused by size / the sha256 of the bytes HDF5
+  parses before it parses them (HDF5 can hang on a damaged global heap, see fkd/store/reader.py), or,
+  in the records, by their CRC-32s;
 - crafted shards, well-formed HDF5 whose sha256 the manifest matches but whose contents lie (missing
   or mistyped datasets, wrong shapes, huge declared sizes, inconsistent offsets, forged records with
   valid CRCs): refused by the structure and record checks;
@@ -83,6 +84,14 @@ def record_shard(path: Path, shard: int = 0) -> None:
     entry = next(e for e in manifest["shards"] if e["index"] == shard)
     entry["bytes"] = (path / entry["file"]).stat().st_size
     entry["sha256"] = file_sha256(path / entry["file"])
+    with h5py.File(path / entry["file"], "r") as f:  # crafted records may be missing or not contiguous
+        records = f.get("records")
+        offset = records.id.get_offset() if isinstance(records, h5py.Dataset) and records.ndim == 1 else None
+        length = records.shape[0] if offset is not None else 0
+    for name in ("records_offset", "records_bytes", "meta_sha256"):
+        entry.pop(name, None)  # then the whole file's sha256 is checked at open, as in older stores
+    if offset is not None:
+        entry.update(records_offset=offset, records_bytes=length, meta_sha256=file_sha256(path / entry["file"], (offset, length)))
     manifest_path.write_text(json.dumps(manifest))
 
 
@@ -111,7 +120,7 @@ def test_damaged_shard_bytes_are_refused_before_parsing(base: Path, tmp_path: Pa
     path = fresh_copy(base, tmp_path)
     (path / SHARD).write_bytes(bytes(data))
     with watchdog():
-        with pytest.raises(StoreCorruptError, match=r"shard-00000\.h5: (shard is truncated|shard has the wrong size|checksum mismatch: sha256)"):
+        with pytest.raises(StoreCorruptError, match=r"shard-00000\.h5: (shard is truncated|shard has the wrong size|checksum mismatch: sha256|checksum mismatch in the record)"):
             read_everything(path)
         report = verify_store(path, progress=False)
     assert [s.status for s in report.shards] == ["corrupt", "ok"] and report.redo == [0]
@@ -255,7 +264,7 @@ META_FIELDS = [
     "crop_scale", "crop_ratio", "flip_prob", "input_size", "interpolation", "mean", "std", "seed", "data_fingerprint",
     "bad_images", "store_id", "format_version",
 ]
-SHARD_FIELDS = ["index", "file", "start", "count", "bytes", "sha256"]
+SHARD_FIELDS = ["index", "file", "start", "count", "bytes", "sha256", "records_offset", "records_bytes", "meta_sha256"]
 json_value = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False), st.text(max_size=10)),
     lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=5), inner, max_size=3)),
@@ -318,3 +327,49 @@ def test_shard_claiming_more_images_than_its_bytes_can_hold(base: Path, tmp_path
     size = (path / SHARD).stat().st_size
     with pytest.raises(StoreCorruptError, match=rf"a shard of {size} bytes cannot hold the 2147483648 images the manifest claims"):
         LabelStore(path, allow_incomplete=True).read(0)
+
+
+# What is hashed at open ---------------------------------------------------------------------------
+
+def flip_byte(path: Path, position: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[position] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def test_metadata_damage_is_refused_before_hdf5_and_record_damage_by_the_record_crc(
+    base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry = json.loads((base / "store.json").read_text())["shards"][0]
+    offset, length = entry["records_offset"], entry["records_bytes"]
+    with h5py.File(base / SHARD, "r") as f:
+        assert (offset, length) == (f["records"].id.get_offset(), int(f["offsets"][-1]))
+    assert entry["meta_sha256"] == file_sha256(base / SHARD, (offset, length)) != entry["sha256"]
+
+    damaged = fresh_copy(base, tmp_path)
+    flip_byte(damaged / SHARD, offset + length + 8 if offset + length + 8 < entry["bytes"] else offset - 8)
+    with monkeypatch.context() as patched:
+        patched.setattr("fkd.store.reader.h5py.File", lambda *a, **k: pytest.fail("HDF5 parsed a shard whose metadata hash differs"))
+        with pytest.raises(StoreCorruptError, match=r"shard-00000\.h5: checksum mismatch: sha256 of the HDF5 metadata \(all but the records\)"):
+            LabelStore(damaged).read(0)
+
+    in_records = fresh_copy(base, tmp_path)
+    flip_byte(in_records / SHARD, offset + 5)
+    with LabelStore(in_records) as store:
+        store.read(1)  # the shard opens; only the damaged record is refused
+        with pytest.raises(StoreCorruptError, match=r"shard-00000\.h5: checksum mismatch in the record of image 0 \(row 0\)"):
+            store.read(0)
+    assert [s.status for s in verify_store(in_records, progress=False).shards] == ["corrupt", "ok"]  # the whole file's sha256
+
+    older = fresh_copy(base, tmp_path)  # an entry without the metadata hash (format 1, 2): the whole file is hashed at open
+    manifest = json.loads((older / "store.json").read_text())
+    for name in ("records_offset", "records_bytes", "meta_sha256"):
+        del manifest["shards"][0][name]
+    (older / "store.json").write_text(json.dumps(manifest))
+    flip_byte(older / SHARD, offset + 5)
+    with pytest.raises(StoreCorruptError, match=r"shard-00000\.h5: checksum mismatch: sha256 [0-9a-f]{16}\.\.\., the manifest"):
+        LabelStore(older).read(1)
+    manifest["shards"][0]["meta_sha256"] = "0" * 64
+    (older / "store.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreFormatError, match=r"records_offset, records_bytes and meta_sha256 go together"):
+        LabelStore(older)

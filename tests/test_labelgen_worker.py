@@ -101,14 +101,14 @@ def test_shard_labels_equal_a_direct_teacher_forward(tiny, scheme):
     assert data.image_ids == images.image_ids
     assert data.labels.tolist() == images.labels.tolist()
     for n, ref in enumerate(refs):
-        pixels = load_image(ref.path)
+        pixels = load_image(ref.location)
         h, w = pixels.shape[-2:]
         assert data.sizes[n].tolist() == [h, w]
         crops = sample_crops(ref.image_id, h, w, 6, 7, CropParams(scale=(0.2, 1.0)))
         fixed, flips, indices, values = unpack(layout, data.records[n])
         np.testing.assert_array_equal(fixed, boxes_to_fixed(crops.boxes, h, w))
         np.testing.assert_array_equal(flips, crops.flips)
-        probs = direct_probs(worker, Path(ref.path), fixed, flips)
+        probs = direct_probs(worker, Path(ref.location.path), fixed, flips)
         if scheme == "full":
             assert indices is None
             np.testing.assert_allclose(values.astype(np.float32), probs, rtol=2**-10, atol=1e-7)
@@ -146,7 +146,7 @@ def test_bad_images_in_a_shard_are_all_reported(tiny, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"this is not a jpeg")
     truncated = tmp_path / "truncated.jpg"
-    truncated.write_bytes(Path(refs[0].path).read_bytes()[:200])
+    truncated.write_bytes(Path(refs[0].location.path).read_bytes()[:200])
     refs[1] = type(refs[1])("c0/broken.jpg", str(broken), 0)
     refs[4] = type(refs[4])("c1/truncated.jpg", str(truncated), 1)
     refs.append(type(refs[0])("c1/missing.jpg", str(tmp_path / "missing.jpg"), 1))

@@ -314,10 +314,10 @@ def test_loss_goes_down_when_overfitting_a_tiny_set(tmp_path: Path) -> None:
 
 def test_resume_with_other_worker_count_continues_exactly_like_an_uninterrupted_run(tiny: TinyData, tmp_path: Path) -> None:
     extra = ("--epochs", "3", "--mixup", "0.8", "--cutmix", "1.0", "--drop-path", "0.1", "--model-ema", "--model-ema-decay", "0.9",
-             "--color-jitter", "0.3", "--deterministic", "--warmup-epochs", "1")
+             "--color-jitter", "0.3", "--reprob", "0.5", "--deterministic", "--warmup-epochs", "1")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert main(train_args(tiny, straight, *extra)) == 0
-    # Resumed with DataLoader workers: crop choice and augmentation do not depend on who loads an image.
+    # Resumed with DataLoader workers: crop choice and augmentation (erasing included) do not depend on who loads an image.
     resumed_args = train_args(tiny, resumed, *extra, "--resume", str(straight / "checkpoint-0001.pth"))
     resumed_args[resumed_args.index("--workers") + 1] = "2"
     assert main(resumed_args) == 0

@@ -146,6 +146,8 @@ def test_online_kd_applies_one_temperature_hinton_kd() -> None:
         (["--mode", "fkd", "--gt-weight", "1.5"], "--gt-weight must be in [0, 1], got 1.5"),
         (["--mode", "fkd", "--smoothing", "0.1"], "--smoothing smooths ground-truth targets: in --mode fkd it needs --gt-weight W > 0"),
         (["--mode", "supervised", "--stored-crops", "random"], "--stored-crops chooses among stored crops: --mode supervised draws fresh"),
+        (["--reprob", "1.5"], "--reprob must be in [0, 1], got 1.5"),
+        (["--reprob", "0.25", "--recount", "0"], "--recount must be >= 1, got 0"),
     ],
 )
 def test_options_a_run_would_not_use_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str) -> None:

@@ -2,7 +2,8 @@
 
 Modules, one job each: ``cli`` (flags, ``-c`` recipes, exit codes), ``run`` (one training run:
 checks, set-up, the epoch loop), ``preflight`` (store vs data checks), ``data`` (multi-crop
-datasets, sampler, collate, evaluation data), ``augment`` (non-geometric per-crop augmentation),
+datasets, sampler, collate, evaluation data), ``augment`` (non-geometric per-crop augmentation,
+random erasing), ``aug_levels`` (AugReg's named levels, torch-free),
 ``student`` (timm model and its data settings), ``modes`` (targets and loss per training mode),
 ``engine`` (one training epoch, evaluation), ``checkpoint`` (save and exact resume), ``runlog``
 (summary.csv, log.jsonl), ``distributed`` (torchrun / DDP helpers), ``mixup`` (soft-target

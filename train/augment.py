@@ -6,6 +6,11 @@ RandAugment is used with its op list restricted to the photometric ops.
 
 Randomness: every call takes an explicit seed, derived by the dataset from (seed, epoch, image), so
 the augmentation of a crop does not depend on the worker that happens to load it.
+
+Random erasing (``build_eraser``) is the one other operation that keeps stored labels valid: it
+moves no pixel, it hides a box of the crop. Like Mixup it is applied on top of the labelled crop,
+on the device: timm's ``RandomErasing`` expects normalized float images (its noise is N(0, 1) in
+normalized units), while crops travel as uint8 until they reach the device.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 from timm.data.auto_augment import rand_augment_transform
+from timm.data.random_erasing import RandomErasing
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -69,3 +75,18 @@ def build_crop_augment(color_jitter: float = 0.0, randaugment: "str | None" = No
     if not steps:
         return None
     return v2.Compose(steps)
+
+
+def build_eraser(probability: float, mode: str, max_count: int, device: torch.device) -> "RandomErasing | None":
+    """timm's RandomErasing for normalized (B, 3, H, W) batches on ``device``, each crop erased
+    independently with ``probability`` (timm's and DeiT's box area 2 % to 1/3, aspect 0.3 to 3.3,
+    1 to ``max_count`` boxes); None when ``probability`` is 0.
+
+    It draws box positions from Python's ``random`` and noise from torch's generator of ``device``:
+    the training process's own streams, seeded per rank and saved in checkpoints like dropout's,
+    which DataLoader workers never touch, so a run erases the same boxes for any number of workers
+    and after ``--resume``.
+    """
+    if probability == 0:
+        return None
+    return RandomErasing(probability=probability, mode=mode, max_count=max_count, device=str(device))

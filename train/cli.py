@@ -17,8 +17,11 @@ from pathlib import Path
 from fkd.config import parse_args_with_config
 from fkd.teacher_options import add_teacher_args
 
+from .aug_levels import AUG_LEVELS, ERASE_MODES
 from .errors import SetupError
 from .mode_names import DISTILL_DEFAULTS, MODES
+
+AUG_LEVEL_HELP = ", ".join(f"{name} = mixup {level.mixup:g} + {level.randaugment or 'no RandAugment'}" for name, level in AUG_LEVELS.items())
 
 DESCRIPTION = """\
 Train a timm student from an FKD label store made by fkd-labelgen, without running the teacher.
@@ -57,7 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--allow-resized", action="store_true",
                    help="accept images whose size differs from the store's (the boxes are fractions of the image, mapped onto the resized copy)")
     g.add_argument("--color-jitter", type=float, default=0.0, help="per-crop brightness/contrast/saturation jitter strength (0 = off)")
-    g.add_argument("--randaugment", metavar="SPEC", help="per-crop timm RandAugment with colour ops only, e.g. rand-m9-mstd0.5 (default off)")
+    g.add_argument("--randaugment", metavar="SPEC",
+                   help="per-crop timm RandAugment, e.g. rand-m9-mstd0.5 (default off, or the --aug-level's; '' turns it off). Colour "
+                        "ops only: the geometric ops (rotate, shear, translate) are left out because they would move pixels out of the "
+                        "box the stored label describes")
+    g.add_argument("--aug-level", choices=tuple(AUG_LEVELS),
+                   help="AugReg's named levels (How to train your ViT, big_vision vit_i1k.py): set --mixup ALPHA and "
+                        "--randaugment rand-n2-mM where not given explicitly: " + AUG_LEVEL_HELP)
+    g.add_argument("--reprob", type=float, default=0.0, metavar="P",
+                   help="random erasing probability per crop (timm's RandomErasing, DeiT: 0.25; default 0 = off). It moves no "
+                        "pixels, so stored labels stay valid; like Mixup it is applied on top: the target describes the crop before erasing")
+    g.add_argument("--remode", choices=ERASE_MODES, default="pixel", help="random erasing fill, as in timm (default pixel: per-pixel normal noise)")
+    g.add_argument("--recount", type=int, default=1, metavar="N", help="random erasing: up to N boxes per crop (default 1)")
     g.add_argument("--workers", type=int, default=4, help="DataLoader worker processes per training process (default 4)")
 
     g = p.add_argument_group("model")
@@ -106,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "Not with --kd hard (default 1; DeiT soft: 3)")
     g.add_argument("--teacher-input-size", type=int, metavar="PIXELS",
                    help="online-kd: side length the crops are resized to for the teacher (default: the first teacher's own; teacher options below)")
-    g.add_argument("--mixup", type=float, default=0.0, help="Mixup Beta alpha (0 = off); mixes the soft targets with the same lambda")
+    g.add_argument("--mixup", type=float,
+                   help="Mixup Beta alpha (0 = off, the default unless --aug-level sets it); mixes the soft targets with the same lambda")
     g.add_argument("--cutmix", type=float, default=0.0, help="CutMix Beta alpha (0 = off); lambda corrected by the clipped box area")
     g.add_argument("--mixup-prob", type=float, default=1.0, help="probability of mixing a batch (default 1)")
     g.add_argument("--mixup-switch-prob", type=float, default=0.5,

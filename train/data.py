@@ -30,7 +30,8 @@ from torch.utils.data import Dataset, DistributedSampler
 from torchvision.transforms.v2 import functional as TF
 
 from fkd.crops import CropParams, boxes_to_fixed, parse_interpolation, replay_fixed, sample_crops
-from fkd.images import FolderSource, ImageList, ImageSource, check_fingerprint, load_image, read_image
+from fkd.images import ImageList, check_fingerprint, load_image, read_image
+from fkd.sources import FolderSource, ImageSource
 from fkd.store import LabelStore
 
 from .augment import CropAugment, seeded_rngs

@@ -6,6 +6,11 @@ forward under autocast, backward through the (possibly disabled) GradScaler, cli
 Mixing before normalization is exact: normalization is a per-channel affine map, and both Mixup
 (a convex combination) and CutMix (pasting) commute with it; the teacher of online-kd needs the
 [0, 1] images anyway.
+
+Random erasing comes last, on the normalized model input only: every target (stored label, ground
+truth, the online teacher's output on ``x``) describes the crop before erasing, in every mode alike.
+(timm and DeiT erase each image before Mixup and let an online teacher see the erased image; a
+stored label cannot.)
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +71,7 @@ class Trainer:
     info: DistInfo
     updates_per_epoch: int
     mixer: "SoftTargetMixup | None" = None
+    eraser: "Callable[[torch.Tensor], torch.Tensor] | None" = None
     ema: "nn.Module | None" = None
     amp_dtype: "torch.dtype | None" = None
     channels_last: bool = False
@@ -111,8 +117,11 @@ def train_one_epoch(
         targets = t.mode.targets(batch)
         if t.mixer is not None:
             x, targets = t.mixer(x, targets, generator=mix_generator)
+        inputs = t.normalizer(x)
+        if t.eraser is not None:
+            inputs = t.eraser(inputs)
         with autocast(device, t.amp_dtype):
-            loss = t.mode.loss(t.model(t.normalizer(x)), x, targets)
+            loss = t.mode.loss(t.model(inputs), x, targets)
         t.optimizer.zero_grad(set_to_none=True)
         t.scaler.scale(loss).backward()
         if t.clip_grad is not None:

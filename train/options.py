@@ -15,6 +15,10 @@ def check_args(args: argparse.Namespace) -> None:
             raise SetupError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
     if not 0 <= args.smoothing < 1:
         raise SetupError(f"--smoothing must be in [0, 1), got {args.smoothing}")
+    if not 0 <= args.reprob <= 1:
+        raise SetupError(f"--reprob must be in [0, 1], got {args.reprob}")
+    if args.recount < 1:
+        raise SetupError(f"--recount must be >= 1, got {args.recount}")
     if not 0 <= args.gt_weight <= 1:
         raise SetupError(f"--gt-weight must be in [0, 1], got {args.gt_weight}")
     if args.gt_weight and args.mode != "fkd":

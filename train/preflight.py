@@ -9,12 +9,11 @@ another size than the crops were drawn on.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from fkd.classes import ClassSpaceError, apply_class_map, is_numbered
 from fkd.images import UNKNOWN_LABEL, ImageList, ImageMismatchError, check_fingerprint, read_image
+from fkd.sources import ImageSource
 from fkd.store import LabelStore
 
 from .errors import DataMismatchError
@@ -65,20 +64,20 @@ def check_store_matches_data(store: LabelStore, data: ImageList, allow_resized: 
         raise DataMismatchError(f"{len(wrong)} images have another label in the store than under --data: {_examples(diff)}")
     warnings = []
     if not allow_resized:
-        check_sample_images(store, data.root)
+        check_sample_images(store, data.source)
         if store.meta.image_fingerprint == "none":
             warnings.append("the store records no image fingerprints (made by an older fkd): images are matched by path and size only")
     extra = len(data_index) - len(store_ids)
     return warnings + ([f"{extra} images under --data are not in the store and are not used"] if extra > 0 else [])
 
 
-def check_sample_images(store: LabelStore, root: Path) -> None:
+def check_sample_images(store: LabelStore, source: ImageSource) -> None:
     """Decode SIZE_CHECK_IMAGES images spread over the store: each must be the file the labels were
     made from (fingerprint, where recorded) and of the size its crops were drawn on. Training checks
     every image's fingerprint as it loads it; this fails the run before the first step instead."""
     ids, sizes = store.image_ids, store.image_sizes
     for i in np.unique(np.linspace(0, len(ids) - 1, min(SIZE_CHECK_IMAGES, len(ids))).astype(int)):
-        path = root / ids[i]
+        path = source.locate(ids[i])
         loaded = read_image(path)
         try:
             check_fingerprint(path, loaded.fingerprint, store.read(int(i)).fingerprint)

@@ -24,12 +24,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from fkd.crops import DEFAULT_RATIO, DEFAULT_SCALE, CropParams
-from fkd.images import ImageList, ImageSource, list_images
+from fkd.images import ImageList, list_images
+from fkd.sources import ImageSource
 from fkd.tars import is_tar_data
 from fkd.store import LabelStore
 from fkd.teachers import create_teacher
 
-from .augment import build_crop_augment
+from .aug_levels import apply_aug_level
+from .augment import build_crop_augment, build_eraser
 from .checkpoint import CheckpointSaver, Progress, TrainingState, build_checkpoint, load_checkpoint, resolve_resume, rng_state
 from .data import EpochSampler, EvalDataset, MultiCropDataset, RandomCropPlanner, StoreCropPlanner, collate_crops, derived_seed, shard_indices
 from .distributed import DistInfo, all_gather_objects, barrier, init_distributed, shutdown
@@ -212,6 +214,7 @@ def _log(info: DistInfo, message: str) -> None:
 def _run(args: argparse.Namespace, info: DistInfo, output_dir: OutputDir) -> None:
     """Every input is checked (arguments, --output, data, store, model, checkpoint) before the
     output directory is made."""
+    apply_aug_level(args)
     check_args(args)
     output_dir.check()
     device = info.device
@@ -262,7 +265,7 @@ def _run(args: argparse.Namespace, info: DistInfo, output_dir: OutputDir) -> Non
     normalizer = Normalizer(cfg.mean, cfg.std, device)
     trainer = Trainer(
         train_model, mode, optimizer, scheduler, scaler, normalizer, info, len(loader),
-        mixer=build_mixer(args),
+        mixer=build_mixer(args), eraser=build_eraser(args.reprob, args.remode, args.recount, device),
         ema=ema, amp_dtype=amp_dtype, channels_last=channels_last, clip_grad=args.clip_grad, clip_mode=args.clip_mode, log_every=args.log_every,
     )
     crops_per_rank = len(sampler) * args.crops_per_image

@@ -19,9 +19,12 @@ import argparse
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from benchmarks.accuracy.bench_accuracy import KERAS_TEACHER_TOP1, RECIPE, Run, summarize, teacher_top1, train
-from benchmarks.common import CACHE, REPO_ROOT, LabelSetting, balanced_subset, full_store, markdown_table, result_path, save_result
+from benchmarks.common import (
+    CACHE, REPO_ROOT, LabelSetting, balanced_subset, converted_store, full_store, markdown_table, result_path, save_result,
+)
 from fkd.images import list_images
 
 PER_CLASS = 1000
@@ -72,7 +75,7 @@ def scale_claims(rows: list[dict], teacher: float) -> list[dict]:
 COLUMNS = [
     ("name", "run", ""), ("store_crops", "M", "d"), ("seeds", "seeds", "d"), ("steps", "steps", "d"), ("top1_mean", "test top-1 %", ".2f"),
     ("top1_std", "spread (std)", ".2f"), ("vs_online_kd", "vs online-kd", "+.2f"), ("vs_supervised", "vs supervised", "+.2f"),
-    ("pairs", "pairing ratio", ".2f"), ("curve", "top-1 per epoch (seed 0)", ""), ("wall_seconds", "wall s", ".0f"),
+    ("pairs", "pairing ratio", ".2f"), ("curve", "top-1 per epoch (seed 0)", ""),
 ]
 
 
@@ -86,6 +89,8 @@ def run_scale(args: argparse.Namespace) -> None:
     args.samples_per_step, args.epoch_unit = 128, EPOCH_UNIT
     root = CACHE / "accuracy-scale" / f"{setting.key}-S128-E{EPOCH_UNIT}"
     runs = scale_runs(seeds)
+    for store_crops, scheme, top_k in sorted({(r.store_crops or setting.crops, r.scheme, r.top_k) for r in runs if r.mode == "fkd"}):
+        converted_store(replace(setting, crops=store_crops), scheme, top_k)  # one at a time: parallel runs must not convert it twice
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         results = list(pool.map(lambda r: train(r, args, setting, data, test, root), runs))
     rows = summarize(results)

@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "the crop as the teacher saw it beside a bar chart of its soft label.")
     p.add_argument("store", help="label store directory")
     p.add_argument("--image", required=True, help="image id (path relative to the data root, as stored) or store index")
-    p.add_argument("--data", required=True, help="the image data the store was made from (ImageFolder directory or list file)")
+    p.add_argument("--data", required=True, help="the image data the store was made from (ImageFolder directory, list file or tar shards)")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--boxes", type=positive_int, default=16, metavar="N", help="number of crop boxes to draw (the first N; default 16)")
     p.add_argument("--crops", type=int, default=4, metavar="N", help="number of crops shown with their labels (default 4)")

@@ -22,8 +22,9 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from fkd import quantize  # noqa: E402
 from fkd.crops import fixed_to_boxes, replay_fixed  # noqa: E402
-from fkd.images import ImageMismatchError, check_fingerprint, read_image  # noqa: E402
+from fkd.images import ImageLocation, ImageMismatchError, check_fingerprint, list_images, read_image  # noqa: E402
 from fkd.store import ImageLabels, LabelStore, StoreMeta  # noqa: E402
+from fkd.tars import is_tar_data  # noqa: E402
 
 from .errors import LabelsError  # noqa: E402
 
@@ -44,9 +45,14 @@ def find_image(store: LabelStore, image: str) -> int:
     raise LabelsError(f"image {image!r} is not in the store{hint}")
 
 
-def image_file(data: "str | Path", image_id: str) -> Path:
-    """The image's file: ids are relative to the data root (an ImageFolder directory, or the folder
-    of a list file)."""
+def image_file(data: "str | Path", image_id: str) -> ImageLocation:
+    """Where the image's bytes are: ids are relative to the data root (an ImageFolder directory, or
+    the folder of a list file), or name a member of the tar shards ``data`` names."""
+    if is_tar_data(data):
+        try:
+            return list_images(data).source.locate(image_id)
+        except (OSError, ValueError) as exc:
+            raise LabelsError(f"--data {data}: {exc}; pass the --data the store was generated from") from None
     data = Path(data)
     if not data.exists():  # else the message below would name data.parent / image_id, without the missing folder
         raise LabelsError(f"--data {data}: no such directory or list file; pass the --data the store was generated from")
@@ -54,7 +60,7 @@ def image_file(data: "str | Path", image_id: str) -> Path:
     path = root / image_id
     if not path.is_file():
         raise LabelsError(f"image file {path} not found; pass the --data the store was generated from")
-    return path
+    return ImageLocation(str(path))
 
 
 def decoded_labels(record: ImageLabels, scheme: str, num_classes: int) -> torch.Tensor:

@@ -20,10 +20,12 @@ from ..quantize import Scheme, index_dtype, payload_shape
 from .errors import StoreFormatError
 from .files import atomic_write_bytes
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 """Version 2 added per-image fingerprints, the teacher's precision and the class map (docs/FORMAT.md);
-version-1 stores still read, with those fields marked unknown."""
+version-1 stores still read, with those fields marked unknown. Version 3 added the shard entries'
+``records_offset``, ``records_bytes`` and ``meta_sha256`` (readers of version 2 refuse unknown
+fields); older stores are checked by their whole-file sha256 instead."""
 FINGERPRINTS = ("crc32", "none")
 UNKNOWN_PRECISION = "unknown"
 MANIFEST_NAME = "store.json"
@@ -262,6 +264,20 @@ class ShardInfo:
     count: int
     bytes: int
     sha256: str
+    # Where the records dataset lies in the file, and the sha256 of every byte but those: the bytes
+    # HDF5 parses, checked at every open at a cost independent of the payload (the records are
+    # checked by their CRC-32s as they are read). Absent in stores made before format version 3.
+    records_offset: "int | None" = None
+    records_bytes: "int | None" = None
+    meta_sha256: "str | None" = None
+
+    @property
+    def records_range(self) -> "tuple[int, int] | None":
+        """(offset, length) of the records dataset in the file, where the manifest records it."""
+        return None if self.meta_sha256 is None else (self.records_offset, self.records_bytes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: "Path | None" = None) -> "ShardInfo":
@@ -269,12 +285,16 @@ class ShardInfo:
             info = cls(**data)
         except TypeError as exc:
             raise StoreFormatError(source, f"invalid shard entry {data!r}: {exc}") from None
-        for name in ("index", "start", "count", "bytes"):
+        optional = ("records_offset", "records_bytes", "meta_sha256")
+        present = [getattr(info, name) is not None for name in optional]
+        if any(present) and not all(present):
+            raise StoreFormatError(source, f"shard entry {data!r}: records_offset, records_bytes and meta_sha256 go together")
+        for name in ("index", "start", "count", "bytes") + (optional[:2] if all(present) else ()):
             value = getattr(info, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise StoreFormatError(source, f"shard entry field {name} must be a non-negative integer, got {value!r}")
-        if not isinstance(info.file, str) or not isinstance(info.sha256, str):
-            raise StoreFormatError(source, f"shard entry {data!r}: file and sha256 must be strings")
+        if not isinstance(info.file, str) or not isinstance(info.sha256, str) or not isinstance(info.meta_sha256, (str, type(None))):
+            raise StoreFormatError(source, f"shard entry {data!r}: file, sha256 and meta_sha256 must be strings")
         if Path(info.file).name != info.file:
             raise StoreFormatError(source, f"shard file name {info.file!r} must not contain a directory")
         return info
@@ -298,7 +318,7 @@ class Manifest:
         return {
             "meta": self.meta.to_dict(),
             "complete": self.complete,
-            "shards": [dataclasses.asdict(self.shards[i]) for i in sorted(self.shards)],
+            "shards": [self.shards[i].to_dict() for i in sorted(self.shards)],
         }
 
     @classmethod

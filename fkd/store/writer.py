@@ -184,22 +184,30 @@ def write_shard(directory: "str | Path", meta: StoreMeta, shard: int, data: Shar
             f.create_dataset("crc32", data=crc)
             if data.fingerprints is not None:
                 f.create_dataset("fingerprints", data=np.asarray(data.fingerprints, dtype=np.uint32))
-            f.create_dataset("records", data=blob)
+            records = f.create_dataset("records", data=blob)
+            records_range = (int(records.id.get_offset() or 0), int(blob.size))  # allocated when written
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         digest = file_sha256(Path(tmp))
+        meta_digest = file_sha256(Path(tmp), skip=records_range) if meta.format_version >= 3 else None
         size = os.path.getsize(tmp)
         os.replace(tmp, directory / name)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(directory)
-    return ShardInfo(index=shard, file=name, start=start, count=stop - start, bytes=size, sha256=digest)
+    ranges = records_range if meta_digest is not None else (None, None)
+    return ShardInfo(index=shard, file=name, start=start, count=stop - start, bytes=size, sha256=digest,
+                     records_offset=ranges[0], records_bytes=ranges[1], meta_sha256=meta_digest)
 
 
-def shard_file_problem(directory: "str | Path", info: ShardInfo, checksum: bool = True) -> "str | None":
+def shard_file_problem(directory: "str | Path", info: ShardInfo, checksum: bool = True, metadata_only: bool = False) -> "str | None":
     """Why a finished shard's file no longer matches its manifest entry (missing, wrong size, and
-    with ``checksum`` a sha256 mismatch, which reads the whole file), or None when it does."""
+    with ``checksum`` a sha256 mismatch, which reads the whole file), or None when it does.
+
+    ``metadata_only`` (readers, at every open): where the manifest records it (format version 3),
+    hash every byte but the records dataset's, i.e. what HDF5 parses, so the cost does not grow
+    with the payload; the records are checked by their CRC-32s as they are read."""
     path = Path(directory) / info.file
     if not path.is_file():
         return "shard file is missing"
@@ -208,20 +216,32 @@ def shard_file_problem(directory: "str | Path", info: ShardInfo, checksum: bool 
         return f"shard {'is truncated' if size < info.bytes else 'has the wrong size'}: {size} bytes, the manifest recorded {info.bytes}"
     if not checksum:
         return None
+    skip = info.records_range if metadata_only else None
     try:
-        digest = file_sha256(path)
+        digest = file_sha256(path, skip)
     except OSError as exc:  # permissions, too many open files, I/O errors
         return f"cannot read shard: {exc.strerror or exc}"
-    if digest != info.sha256:
-        return f"checksum mismatch: sha256 {digest[:16]}..., the manifest recorded {info.sha256[:16]}..."
+    expected, what = (info.sha256, "sha256") if skip is None else (info.meta_sha256, "sha256 of the HDF5 metadata (all but the records)")
+    if digest != expected:
+        return f"checksum mismatch: {what} {digest[:16]}..., the manifest recorded {expected[:16]}..."
     return None
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, skip: "tuple[int, int] | None" = None) -> str:
+    """sha256 of the file's bytes, leaving out the range ``skip`` = (offset, length) when given
+    (clipped to the file, so hostile manifest values cannot make it read more than the file)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+        size = os.fstat(f.fileno()).st_size
+        start, stop = (size, size) if skip is None else (min(skip[0], size), min(skip[0] + skip[1], size))
+        for begin, end in ((0, start), (stop, size)):
+            f.seek(begin)
+            while begin < end:
+                chunk = f.read(min(1 << 20, end - begin))
+                if not chunk:
+                    break
+                h.update(chunk)
+                begin += len(chunk)
     return h.hexdigest()
 
 

@@ -1,0 +1,184 @@
+"""ViT students: the ViT/DeiT recipes run, AugReg levels, random erasing on top of the labelled crop,
+and DeiT from stored labels (hard targets from the mixed stored label, evaluation on both heads)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import yaml
+from timm.data.auto_augment import rand_augment_transform
+
+from test_train import TinyData, make_tiny_data, one_torch_thread  # noqa: F401 (an autouse fixture)
+from train.aug_levels import AUG_LEVELS, apply_aug_level
+from train.augment import PHOTOMETRIC_OPS, build_eraser
+from train.cli import main
+from train.data import CropBatch
+from train.distributed import DistInfo
+from train.engine import Normalizer, Trainer, evaluate, train_one_epoch
+from train.mixup import MixInfo, SoftTargetMixup
+from train.modes import DeiTMode
+
+REPO = Path(__file__).resolve().parents[1]
+VIT_RECIPES = [
+    "train-imagenet-deit-tiny-fkd.yaml", "train-imagenet-deit-small-fkd.yaml", "train-imagenet-deit-tiny-distilled-hard.yaml",
+    "train-imagenet-deit-tiny-distilled-soft.yaml", "train-cifar10-vit-fkd.yaml", "train-cifar10-deit.yaml",
+]
+CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyData:
+    return make_tiny_data(tmp_path_factory.mktemp("tiny-vit"))
+
+
+@pytest.mark.parametrize("recipe", VIT_RECIPES)
+def test_each_vit_recipe_trains_with_its_values(tiny: TinyData, tmp_path: Path, recipe: str) -> None:
+    """The recipe as written, with data, size and length overridden by flags: one pass of 3 steps at
+    16 px on a one-block ViT; args.yaml then holds every value of the recipe that no flag replaced."""
+    out = tmp_path / "out"
+    overrides = {
+        "store": str(tiny.store), "data": str(tiny.train), "val-data": str(tiny.val), "output": str(out),
+        "model-kwargs": ["img_size=16", "patch_size=8", "depth=1", "embed_dim=16", "num_heads=2"],
+        "input-size": "16", "epochs": "1", "batch-size": "4", "workers": "0",
+    }
+    argv = ["-c", str(REPO / "configs" / recipe), "--no-progress"]
+    for key, value in overrides.items():
+        argv += [f"--{key}", *(value if isinstance(value, list) else [value])]
+    assert main(argv) == 0
+    values = yaml.safe_load((REPO / "configs" / recipe).read_text())
+    saved = yaml.safe_load((out / "args.yaml").read_text())
+    kept = {key.replace("-", "_"): value for key, value in values.items() if key not in overrides}
+    assert {key: saved[key] for key in kept} == kept
+    if "aug-level" in values and "mixup" not in values:
+        level = AUG_LEVELS[values["aug-level"]]
+        assert (saved["mixup"], saved["randaugment"]) == (level.mixup, level.randaugment)
+    assert len((out / "log.jsonl").read_text().splitlines()) == 1
+
+
+def _args(**given: "str | float | None") -> argparse.Namespace:
+    return argparse.Namespace(**({"aug_level": None, "mixup": None, "randaugment": None} | given))
+
+
+def test_aug_level_fills_only_the_options_not_given() -> None:
+    args = _args(aug_level="medium2")
+    apply_aug_level(args)
+    assert (args.mixup, args.randaugment) == (0.5, "rand-n2-m15-mmax15")
+    args = _args(aug_level="strong2", mixup=0.0, randaugment="")  # explicit values win, 'off' included
+    apply_aug_level(args)
+    assert (args.mixup, args.randaugment) == (0.0, "")
+    args = _args()
+    apply_aug_level(args)
+    assert (args.mixup, args.randaugment) == (0.0, None)
+    assert {name: tuple(level) for name, level in AUG_LEVELS.items()} == {
+        "none": (0.0, None), "light1": (0.0, "rand-n2-m0"), "light2": (0.2, "rand-n2-m10"), "medium1": (0.2, "rand-n2-m15-mmax15"),
+        "medium2": (0.5, "rand-n2-m15-mmax15"), "strong1": (0.5, "rand-n2-m20-mmax20"), "strong2": (0.8, "rand-n2-m20-mmax20"),
+    }
+
+
+def test_aug_level_magnitudes_above_10_reach_timm_unclipped() -> None:
+    ra = rand_augment_transform(AUG_LEVELS["strong1"].randaugment, {}, transforms=list(PHOTOMETRIC_OPS))
+    assert ra.num_layers == 2 and {op.name for op in ra.ops} == set(PHOTOMETRIC_OPS)
+    assert {(op.magnitude, op.magnitude_max) for op in ra.ops} == {(20, 20)}  # without mmax timm clips to 10
+
+
+class _Recorder(torch.nn.Module):
+    """A linear classifier on the mean colour that remembers its input; ``images`` are what the mode saw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(3, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen = x.clone()
+        return x.mean(dim=(2, 3)) @ self.weight
+
+    def targets(self, batch: CropBatch) -> torch.Tensor:
+        return torch.full((len(batch), 2), 0.5)
+
+    def loss(self, output: torch.Tensor, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        self.mode_images = images.clone()
+        return -(targets * output.log_softmax(dim=1)).sum(dim=1).mean()
+
+
+class _NoSchedule:
+    def step_update(self, num_updates: int) -> None:
+        pass
+
+
+def test_random_erasing_hides_one_box_per_crop_of_the_model_input_only() -> None:
+    """--reprob 1 --remode const: every crop the model sees has exactly one zero (mean-colour)
+    rectangle of 2 % to 1/3 of its area and is untouched elsewhere; the images the mode gets (the
+    online teacher's input) are the unerased crops, as stored labels describe them."""
+    torch.manual_seed(0)
+    images = torch.randint(1, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    batch = CropBatch(images, None, None, torch.zeros(6, dtype=torch.int64), torch.arange(3), torch.zeros(6, dtype=torch.int64))
+    recorder = _Recorder()
+    normalizer = Normalizer((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), CPU.device)
+    trainer = Trainer(
+        recorder, recorder, torch.optim.SGD(recorder.parameters(), lr=0.1), _NoSchedule(), torch.amp.GradScaler("cpu", enabled=False),
+        normalizer, CPU, updates_per_epoch=1, eraser=build_eraser(1.0, "const", 1, CPU.device),
+    )
+    train_one_epoch(trainer, [batch], epoch=0, mix_generator=None)
+    unerased = images.float() / 255
+    assert torch.equal(recorder.mode_images, unerased)
+    for seen, crop in zip(recorder.seen, unerased):
+        erased = (seen == 0).all(dim=0)
+        rows, cols = erased.any(dim=1).nonzero().flatten(), erased.any(dim=0).nonzero().flatten()
+        box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+        assert erased[box].all() and int(erased.sum()) == erased[box].numel()  # one filled rectangle
+        assert 0.02 * 256 - 8 <= erased.sum() <= 256 / 3 + 8  # timm rounds the sides to whole pixels
+        assert torch.equal(seen[:, ~erased], crop[:, ~erased])
+    assert build_eraser(0.0, "pixel", 1, CPU.device) is None
+
+
+# ------------------------------------------------------------------ DeiT from stored labels
+
+STORED = torch.tensor([[0.5, 0.375, 0.125, 0.0], [0.0, 0.375, 0.125, 0.5]], dtype=torch.float16)  # top-1: 0 and 3
+
+
+@pytest.mark.parametrize(
+    ("info", "lam"),
+    [(MixInfo("mixup", 0.5), 0.5), (MixInfo("cutmix", 0.625, (0, 4, 0, 6)), 0.625)],  # CutMix: a 4x6 box of 8x8 = 1 - 0.625
+    ids=["mixup", "cutmix"],
+)
+def test_deit_hard_distillation_learns_the_argmax_of_the_mixed_stored_label(info: MixInfo, lam: float) -> None:
+    """The mixed stored labels are [0.25, 0.375, 0.125, 0.25] (Mixup 0.5) and [0.3125, 0.375, 0.125,
+    0.1875] / [0.1875, 0.375, 0.125, 0.3125] (CutMix 0.625): class 1 for both crops, neither crop's
+    own top-1 (0 and 3) nor its ground truth. The class head learns the mixed ground truth."""
+    mode = DeiTMode("full", 4, smoothing=0.0, kind="hard", alpha=0.5)
+    batch = CropBatch(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), None, STORED, torch.tensor([0, 3]), torch.arange(2), torch.zeros(2))
+    _, targets = SoftTargetMixup._apply(torch.zeros(2, 3, 8, 8), mode.targets(batch), info)
+    cls = torch.tensor([[1.0, -0.5, 0.25, 2.0], [0.0, 1.5, -1.0, 0.5]])
+    dist = torch.tensor([[0.5, 0.0, 1.0, -1.0], [2.0, -0.5, 0.0, 1.0]])
+    log_cls, log_dist = (torch.log_softmax(z.double(), dim=1).numpy() for z in (cls, dist))
+    gt = np.array([[lam, 0, 0, 1 - lam], [1 - lam, 0, 0, lam]])
+    expected = 0.5 * -(gt * log_cls).sum(axis=1).mean() + 0.5 * -log_dist[[0, 1], [1, 1]].mean()
+    assert mode.loss((cls, dist), None, targets).item() == pytest.approx(expected, rel=1e-6)
+    unmixed_argmax = 0.5 * -(gt * log_cls).sum(axis=1).mean() + 0.5 * -log_dist[[0, 1], [0, 3]].mean()
+    assert abs(expected - unmixed_argmax) > 0.1  # the test tells the two apart
+
+
+def test_deit_evaluation_averages_the_class_and_distillation_heads() -> None:
+    """A distilled model left in distilled-training mode (as fkd-train --mode deit sets it) is
+    evaluated on (head(cls token) + head_dist(dist token)) / 2, timm's inference output."""
+    torch.manual_seed(0)
+    model = timm.create_model("deit_tiny_distilled_patch16_224", num_classes=3, img_size=16, patch_size=8, depth=1, embed_dim=16, num_heads=2)
+    model.set_distilled_training(True)
+    with torch.no_grad():  # untrained heads start at zero: give them different weights
+        model.head.weight.normal_()
+        model.head_dist.weight.normal_()
+    images, labels = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8), torch.tensor([0, 1, 2, 1, 0])
+    normalizer = Normalizer((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), CPU.device)
+    stats = evaluate(model, [(images, labels)], normalizer, CPU)
+    with torch.no_grad():
+        tokens = model.forward_features(normalizer(images.float() / 255))
+        cls, dist = model.head(tokens[:, 0]), model.head_dist(tokens[:, 1])
+    ce = {name: torch.nn.functional.cross_entropy(z, labels).item() for name, z in (("avg", (cls + dist) / 2), ("cls", cls), ("dist", dist))}
+    assert stats.loss == pytest.approx(ce["avg"], rel=1e-5)
+    assert abs(ce["avg"] - ce["cls"]) > 1e-3 and abs(ce["avg"] - ce["dist"]) > 1e-3
+    assert stats.count == 5 and model.distilled_training  # evaluation leaves the training setting alone
