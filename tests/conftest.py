@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +96,20 @@ def write_random_store(
 @pytest.fixture
 def random_store(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
     return write_random_store(tmp_path / "store")
+
+
+def extract_cifar_test_images(root: Path, per_class: int) -> Path:
+    """The first ``per_class`` CIFAR-10 test JPEGs of each class from the shared tarball, as an
+    ImageFolder at ``root`` (the test split comes first in the archive: reading stops after it)."""
+    counts: dict[str, int] = {}
+    with tarfile.open(CIFAR_DATA) as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if len(parts) > 1 and parts[1] == "train" or len(counts) == 10 and min(counts.values()) >= per_class:
+                break
+            if member.isfile() and len(parts) == 4 and counts.get(parts[2], 0) < per_class:
+                counts[parts[2]] = counts.get(parts[2], 0) + 1
+                target = root / parts[2] / parts[3]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(tar.extractfile(member).read())
+    return root

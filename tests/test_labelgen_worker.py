@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tarfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,7 +12,7 @@ import torch
 import zstandard
 from PIL import Image
 
-from conftest import CIFAR_DATA, CIFAR_TEACHER, make_image_folder
+from conftest import CIFAR_DATA, CIFAR_TEACHER, extract_cifar_test_images, make_image_folder
 from fkd import quantize
 from fkd.crops import CropParams, boxes_to_fixed, replay_fixed, sample_crops
 from fkd.images import list_images, load_image
@@ -188,18 +187,7 @@ def test_payload_buffer_releases_rows_in_order():
 def test_keras_cifar10_teacher_labels_real_images(tmp_path):
     """The real pretrained teacher through the real pipeline: crop-averaged labels of real test
     images mostly name the true class (the teacher is 76.6 % accurate)."""
-    root = tmp_path / "cifar"
-    per_class: dict[str, int] = {}
-    with tarfile.open(CIFAR_DATA) as tar:
-        for member in tar:
-            parts = member.name.split("/")
-            if member.isfile() and len(parts) == 4 and parts[1] == "test" and per_class.get(parts[2], 0) < 3:
-                per_class[parts[2]] = per_class.get(parts[2], 0) + 1
-                target = root / parts[2] / parts[3]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(tar.extractfile(member).read())
-            if len(per_class) == 10 and min(per_class.values()) == 3:
-                break
+    root = extract_cifar_test_images(tmp_path / "cifar", 3)
     args = teacher_args("--teacher-module", "fkd.zoo.keras_cifar10:create_model")
     labels = LabelSettings("marginal-smoothing", 5, 8, seed=0, crop_params=CropParams(scale=(0.6, 1.0)), shard_size=100)
     worker = LabelWorker(WorkerConfig(args, labels, batch_size=64, threads=2, device="cpu"))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CIFAR_DATA, make_image_folder
+from conftest import CIFAR_DATA, extract_cifar_test_images, make_image_folder
 from fkd import tars
 from fkd.images import BadImageError, list_images, read_image
 from fkd.store import LabelStore
@@ -133,17 +133,7 @@ def cifar(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     if not CIFAR_DATA.is_file():
         pytest.skip(f"{CIFAR_DATA} not present")
     root = tmp_path_factory.mktemp("cifar-tars")
-    per_class: dict[str, int] = {}
-    with tarfile.open(CIFAR_DATA) as tar:
-        for member in tar:
-            parts = member.name.split("/")
-            if member.isfile() and len(parts) == 4 and parts[1] == "test" and per_class.get(parts[2], 0) < 3:
-                per_class[parts[2]] = per_class.get(parts[2], 0) + 1
-                target = root / "folder" / parts[2] / parts[3]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(tar.extractfile(member).read())
-            if len(per_class) == 10 and min(per_class.values()) == 3:
-                break
+    extract_cifar_test_images(root / "folder", 3)
     return {"root": root, "folder": root / "folder", "teacher": save_tiny_teacher(root / "teacher.pth", num_classes=10)}
 
 

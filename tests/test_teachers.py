@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import timm
 import torch
 from timm.data import resolve_model_data_config
 
-from conftest import CIFAR_DATA, CIFAR_TEACHER
+from conftest import CIFAR_DATA, CIFAR_TEACHER, extract_cifar_test_images
 from fkd.images import list_images, load_image
 from fkd.teacher_options import add_teacher_args
 from fkd.teachers import TeacherError, create_teacher, teacher_from_args
@@ -209,20 +208,9 @@ def cifar_test_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     comes first in it, so reading stops at the train split)."""
     if not CIFAR_DATA.is_file():
         pytest.skip(f"{CIFAR_DATA} not present")
-    root = tmp_path_factory.mktemp("cifar")
-    counts: dict[str, int] = {}
-    with tarfile.open(CIFAR_DATA) as tar:
-        for member in tar:
-            parts = member.name.split("/")
-            if len(parts) > 1 and parts[1] == "train":
-                break
-            if not member.isfile() or len(parts) != 4 or counts.get(parts[2], 0) >= 100:
-                continue
-            counts[parts[2]] = counts.get(parts[2], 0) + 1
-            target = root / parts[2] / parts[3]
-            target.parent.mkdir(exist_ok=True)
-            target.write_bytes(tar.extractfile(member).read())
-    assert counts == {name: 100 for name in keras_cifar10.CLASS_NAMES}
+    root = extract_cifar_test_images(tmp_path_factory.mktemp("cifar"), 100)
+    assert sorted(p.name for p in root.iterdir()) == list(keras_cifar10.CLASS_NAMES)
+    assert all(len(list(d.iterdir())) == 100 for d in root.iterdir())
     return root
 
 
