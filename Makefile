@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 SHARED ?= $(abspath ../shared)
 export FKD_SHARED ?= $(SHARED)
 
-.PHONY: venv demo test bench-quick clean
+.PHONY: venv demo test bench-quick gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: venv
 
 bench-quick: venv
 	$(PY) benchmarks/run_all.py --quick
+
+# On a CUDA machine: the GPU paths CI cannot run (GPU teacher, AMP, --compile, NCCL, --replay-device cuda), under 8 minutes.
+gpu-check: venv
+	$(PY) scripts/gpu_check.py
 
 clean:
 	rm -rf $(VENV) demo runs

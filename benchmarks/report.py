@@ -20,11 +20,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.accuracy.bench_accuracy import COLUMNS as ACCURACY_COLUMNS  # noqa: E402
+from benchmarks.accuracy.bench_fd import describe as describe_fd  # noqa: E402
 from benchmarks.accuracy.bench_scale import COLUMNS as SCALE_COLUMNS  # noqa: E402
+from benchmarks.accuracy.bench_vit import COLUMNS as VIT_COLUMNS, verdict  # noqa: E402
 from benchmarks.common import BENCH_DIR, markdown_table  # noqa: E402
 from benchmarks.speed.bench_labelgen import COLUMNS as LABELGEN_COLUMNS  # noqa: E402
 from benchmarks.speed.bench_train_speed import COLUMNS as SPEED_COLUMNS  # noqa: E402
+from benchmarks.speed.loader import COLUMNS as LOADER_COLUMNS  # noqa: E402
 from benchmarks.storage.bench_storage import IMAGENET_COLUMNS, REAL_COLUMNS  # noqa: E402
+from benchmarks.storage.embedding import COLUMNS as EMBEDDING_COLUMNS  # noqa: E402
 
 README = BENCH_DIR / "README.md"
 
@@ -50,7 +54,7 @@ def storage(r: dict, png: str) -> str:
         "`fkd-labels convert`; \"FKD files\" are the same labels written one `torch.save` file per image as the official code does; "
         "\"on disk\" counts whole file-system blocks.", "",
         markdown_table(r["cifar10"], REAL_COLUMNS), "",
-        f"**Extrapolated to ImageNet-1K** (1,281,167 images, M=200, C=1000). FKD files: exact (uncompressed pickles: one file of that "
+        "**Extrapolated to ImageNet-1K** (1,281,167 images, M=200, C=1000). FKD files: exact (uncompressed pickles: one file of that "
         "shape gives every file's size). Ours: zstd records of synthetic teacher-like C=1000 labels (`compression.synthetic_probs`, "
         "an estimate: real ImageNet labels compress differently) plus the per-image columns; and the uncompressed bound.", "",
         markdown_table([row for row in imagenet if "M=500" not in row["scheme"]], IMAGENET_COLUMNS), "",
@@ -96,8 +100,10 @@ def train_speed(r: dict, png: str) -> str:
     lines = [provenance(r), "",
              f"Student {s['student']}, teacher {s['teacher']} (online-kd only), {s['images']} CIFAR-10 images, {s['batch_size']} images x "
              f"{s['crops_per_image']} crops per step, {s['epochs']} epochs per mode, last epoch reported, {s['workers']} DataLoader worker(s).", "",
-             markdown_table(r["rows"], SPEED_COLUMNS), "", f"**Headline: fkd / online-kd = {r['fkd_over_online_kd']:.1f}x training samples/s.**", "",
-             "Quoted, not measured:", ""]
+             markdown_table([{"student": s["student"], **row} for row in r["rows"]], SPEED_COLUMNS), ""]
+    headlines = r.get("fkd_over_online_kd_per_student") or {s["student"]: r["fkd_over_online_kd"]}  # results from before the ViT rows: one student
+    lines.append("  \n".join(f"**Headline, {student}: fkd / online-kd = {value:.1f}x training samples/s.**" for student, value in headlines.items()))
+    lines += ["", "Quoted, not measured:", ""]
     lines += [f"- {q['what']}: {q['figure']} (source: {q['source']})" for q in r["quoted"]]
     return "\n".join(lines)
 
@@ -145,6 +151,69 @@ def accuracy_scale(r: dict, png: str) -> str:
     return "\n".join(lines)
 
 
+def accuracy_vit(r: dict, png: str) -> str:
+    s = r["setting"]
+    lines = [
+        provenance(r), "",
+        f"ViT students built with `{' '.join(s['model_kwargs'])}` from the recipes {', '.join(f'`{p}`' for p in s['recipes'])}; "
+        f"{s['train_images']} train images (balanced), labels M={s['store_crops']} per image, {s['test_images']} test images, {s['seeds']} "
+        f"seed(s); every run: {s['steps']} optimizer steps of {s['images_per_step']} images x {s['crops_per_image']} crops ({s['epochs']} "
+        f"epoch(s), warm-up {s['warmup_fraction']:.0%} of it). Teacher (the Keras CNN: a convnet, as DeiT recommends) top-1 on these test "
+        f"images: **{r['teacher_top1']:.2f} %**. Test top-1 is the last epoch's; spread is the sample std over seeds. {s['jobs']} run(s) at "
+        f"a time, {s['threads']} thread(s) each; wall s is per run.", "",
+        markdown_table(r["rows"], VIT_COLUMNS), "", "DeiT's claims at this budget:", "",
+    ]
+    return "\n".join(lines + [verdict(c) for c in r["claims"]])
+
+
+def accuracy_fd(r: dict, png: str) -> str:
+    return provenance(r) + "\n\n" + describe_fd(r)
+
+
+def loader(r: dict, png: str) -> str:
+    s, t = r["setting"], r["target"]
+    lines = [
+        provenance(r), "",
+        f"{s['images']} images: {s['source']} ({s['image_size'][1]}x{s['image_size'][0]}, mean {s['jpeg_kib']:.1f} KiB per file; ImageNet's "
+        f"photos are larger files and decode slower). Labels M={s['crops_stored']} per image; every loader: {s['workers']} DataLoader "
+        f"workers, batches of {s['batch_size']} images, crops at {s['crop_size']} px, {s['rounds']} round(s). Per core = crops per CPU-second "
+        "of the main process and its workers.", "",
+        markdown_table(r["rows"], LOADER_COLUMNS), "",
+        f"**Target fkd n=4 >= 3x timm's crops/s per core: {'met' if t['met'] else 'not met'} ({t['fkd_n4_vs_timm']:.2f}x; "
+        f"{t['fkd_n4_vs_timm_uint8']:.2f}x timm without colour jitter, uint8 out).**",
+    ]
+    if s["replay_device"] == "cuda":
+        row = next(row for row in r["rows"] if "replay-device" in row["loader"])
+        lines += ["", f"`--replay-device cuda`: the training process spends {row['replay_cpu_ms_per_image']:.2f} CPU ms per image launching the crops on the GPU."]
+    p = r.get("profile")
+    if p:
+        lines += ["", f"Profile, CPU ms per image over {p['images']} images in one process:", ""]
+        for name in ("fkd n=4", "fkd n=4 decode only (replay-device cuda)", "timm"):
+            lines.append(f"- {name}: " + ", ".join(f"{stage} {ms:.2f}" for stage, ms in p[name].items()))
+        lay = p["layout"]
+        lines += ["", "Why `read_image` keeps the decoder's (H, W, 3) memory behind its (3, H, W) view instead of a (3, H, W) copy: "
+                  + ", ".join(f"{stage} {ms:.2f}" for stage, ms in lay["ms_per_image"].items())
+                  + f" ms per image; crops identical: {lay['identical_crops']}; the view saves {lay['saved_ms_per_image']:.2f} ms per image."]
+        lines += ["", "Reduced-size JPEG decoding (`Image.draft`) where every crop of the image stays at least 2x the crop size:", "",
+                  markdown_table(p["draft"], [("size", "crop px", "d"), ("eligible_share", "images where it applies", ".0%"),
+                                              ("full_ms", "full decode + crops ms", ".2f"), ("draft_ms", "draft decode + crops ms", ".2f"),
+                                              ("mean_abs_diff", "mean abs diff (levels)", ".2f"), ("max_crop_mean_abs_diff", "worst crop", ".2f")])]
+    return "\n".join(lines)
+
+
+def embedding_storage(r: dict, png: str) -> str:
+    s = r["setting"]
+    return "\n".join([
+        provenance(r), "",
+        f"Real features: the {s['teacher']} teacher's {s['layer']} (D={s['dim']}, {s['zero_fraction']:.1%} of the values 0 after "
+        f"ReLU) over {s['images']} CIFAR-10 train images (balanced, seed 0) x M={s['crops']} crops, crop scale {tuple(s['crop_scale'])}. "
+        "Each row is a real embedding store written and read back (store B/crop: shards + store.json); errors compare the decoded "
+        "vectors with the float32 features after the normalization. The float16-scale row is measured but not a format: its "
+        "scale rounding breaks the int8 bound of half a step.", "",
+        markdown_table(r["rows"], EMBEDDING_COLUMNS),
+    ])
+
+
 def run_times(r: dict, png: str) -> str:
     return "\n".join([provenance(r), "", markdown_table(r["rows"], [
         ("benchmark", "benchmark", ""), ("script", "script", ""), ("wall_seconds", "wall s", ".0f"), ("under_10_min", "under 10 min", ""),
@@ -154,16 +223,20 @@ def run_times(r: dict, png: str) -> str:
 BLOCKS: dict[str, tuple[str, Callable[[dict, str], str], str]] = {
     "run-times": ("run_times", run_times, ""),
     "storage": ("storage/bench_storage", storage, "storage"),
+    "embedding-storage": ("storage/embedding", embedding_storage, ""),
     "accuracy": ("accuracy/bench_accuracy", accuracy, "accuracy"),
     "accuracy-scale": ("accuracy/accuracy-scale", accuracy_scale, ""),
+    "accuracy-vit": ("accuracy/accuracy-vit", accuracy_vit, ""),
+    "accuracy-fd": ("accuracy/accuracy-fd", accuracy_fd, ""),
     "train-speed": ("speed/train_speed", train_speed, ""),
     "reader": ("speed/reader", reader, ""),
     "labelgen": ("speed/labelgen", labelgen, ""),
+    "loader": ("speed/loader", loader, ""),
 }
 """README block -> (JSON path stem under benchmarks/, renderer, PNG stem)."""
 
 
-SINGLE_SETTING = {"accuracy-scale"}
+SINGLE_SETTING = {"accuracy-scale", "accuracy-vit", "accuracy-fd", "embedding-storage"}
 """Blocks with one setting (no --quick variant)."""
 
 

@@ -78,10 +78,15 @@ def index_dtype(num_classes: int) -> np.dtype:
 
 @dataclass
 class Payload:
-    """Encoded labels for a batch of crops: ``indices`` (..., k) and/or ``values`` (..., k)."""
+    """Encoded labels for a batch of crops: ``indices`` (..., k) and/or ``values`` (..., k).
+    ``arrays()`` gives them in the store's record order (``fkd.store.RecordLayout.payload_names``),
+    as ``embedding_codec.EmbeddingPayload.arrays()`` does for embeddings."""
 
     indices: np.ndarray | None
     values: np.ndarray | None
+
+    def arrays(self) -> tuple["np.ndarray | None", "np.ndarray | None"]:
+        return self.indices, self.values
 
 
 def _ranked(probs: np.ndarray, k: int) -> np.ndarray:

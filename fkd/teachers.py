@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import hashlib
 import importlib
 import os
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from torch import nn
 
 from .precision import DEFAULT_PRECISION, check_precision, teacher_precision
 from .pretrained import create_timm_model
+from .store.writer import file_sha256
 
 
 class TeacherError(ValueError):
@@ -61,8 +61,11 @@ class NormalizedModel(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.mean) / self.std)
+        return self.model(self.normalize(x))
 
 
 @dataclass
@@ -111,15 +114,18 @@ class Teacher(nn.Module):
         """Stay in eval mode: dropout or batch-norm updates would change the labels."""
         return super().train(False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Checked crops on the teacher's device, in its memory format (also for fkd.features)."""
         h, w = self.data_config.input_size
         if x.ndim != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != (h, w):
             raise ValueError(f"teacher input must be (B, 3, {h}, {w}), got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"teacher input must be float pixels in [0, 1], got {x.dtype}")
         x = x.to(self.device, non_blocking=True).float()
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.prepare(x)
         total: torch.Tensor | None = None
         with teacher_precision(self.precision, self.device):
             for member in self.members:
@@ -324,14 +330,6 @@ def _describe(member: _Member, input_size: tuple[int, int]) -> dict[str, Any]:
         "std": list(cfg.std),
         "interpolation": cfg.interpolation,
     }
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def teacher_from_args(args: argparse.Namespace, device: str | torch.device = "cpu") -> Teacher:

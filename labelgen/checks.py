@@ -1,9 +1,12 @@
 """What fkd-labelgen checks before it labels anything, so a run fails in seconds with one line.
 
 ``check_inputs`` runs before Ray starts (tens of seconds on a cluster): the listing, the output
-directory, the teacher's names, files and modules. Once the workers have loaded the teacher, its
-class space is known: ``check_top_k`` and ``teacher_space`` then refuse a K the teacher cannot fill
-and data whose classes are not the teacher's (fkd.classes), before any shard is planned.
+directory, the teacher's names, files and modules, and for ``--target embedding`` the data's class
+count and the feature source of every timm teacher (on its architecture, without weights). Once the
+workers have loaded the teacher, its class space is known: ``class_space`` then refuses a K the
+teacher cannot fill and data whose classes are not the teacher's (fkd.classes), before any shard is
+planned. An embedding store does not use the teacher's classifier (the teacher may have none, or
+one of other classes): it keeps the data's own classes as ground truth.
 """
 
 from __future__ import annotations
@@ -13,16 +16,19 @@ import tempfile
 from pathlib import Path
 
 from fkd.classes import ClassSpaceError, apply_class_map, check_class_space, read_class_map, store_class_names
+from fkd.features import FeatureSourceError, check_timm_architecture
 from fkd.images import ImageList, list_images
 from fkd.teachers import TeacherError, check_teacher_spec
 
 from .errors import InputError
-from .messages import LabelSettings, TeacherInfo
+from .messages import EmbeddingSettings, LabelSettings, TeacherInfo
 
 
-def check_inputs(data: str, out: Path, teacher_args: argparse.Namespace, class_map: "Path | None") -> ImageList:
+def check_inputs(
+    data: str, out: Path, teacher_args: argparse.Namespace, class_map: "Path | None", embedding: "EmbeddingSettings | None" = None
+) -> ImageList:
     """Everything that can be checked before Ray starts: the data listing (returned), the output
-    directory, the teacher's names, files and modules, the class map file."""
+    directory, the teacher's names, files and modules, the class map file, the embedding source."""
     try:
         images = list_images(data)
     except (OSError, ValueError) as exc:
@@ -34,7 +40,22 @@ def check_inputs(data: str, out: Path, teacher_args: argparse.Namespace, class_m
         raise InputError(f"teacher: {exc}") from None
     if class_map is not None and not class_map.is_file():
         raise InputError(f"--class-map {class_map}: no such file")
+    if embedding is not None:
+        check_embedding(embedding, images, teacher_args)
     return images
+
+
+def check_embedding(settings: EmbeddingSettings, images: ImageList, teacher_args: argparse.Namespace) -> None:
+    """The data must name at least 2 classes (the store's ground truth, in the data's own space;
+    the format's minimum), and every timm teacher must have the feature source."""
+    if len(images.class_names) < 2:
+        raise InputError(f"--target embedding keeps the data's own classes as ground truth and a store needs at least 2; "
+                         f"--data {images.root} has {len(images.class_names)} (unlabeled, or one class)")
+    for name in teacher_args.teacher or []:
+        try:
+            check_timm_architecture(name, settings.source, teacher_args.num_classes)
+        except FeatureSourceError as exc:
+            raise InputError(f"--embedding-from: {exc}") from None
 
 
 def check_writable(out: Path) -> None:
@@ -65,6 +86,21 @@ def teacher_space(images: ImageList, teacher: TeacherInfo, class_map: "Path | No
         return apply_class_map(images, mapping, names), mapping
     except ClassSpaceError as exc:
         raise InputError(str(exc)) from None
+
+
+def class_space(
+    settings: LabelSettings, images: ImageList, teacher: TeacherInfo, class_map: "Path | None"
+) -> tuple[ImageList, "dict[str, int] | None"]:
+    """The listing with its labels in the store's class space, and the class map used: the data's
+    own classes for embeddings (--class-map is refused there by the command line), else the
+    teacher's (``check_top_k``, ``teacher_space``)."""
+    if settings.embedding is not None:
+        return images, None
+    if teacher.num_classes < 2:
+        raise InputError(f"the teacher has {teacher.num_classes} classes (no classifier): soft labels need one; "
+                         "store its features with --target embedding instead")
+    check_top_k(settings, teacher.num_classes)
+    return teacher_space(images, teacher, class_map)
 
 
 def check_top_k(settings: LabelSettings, num_classes: int) -> None:

@@ -1,6 +1,10 @@
 """``fkd-labelgen``: run pretrained teachers over M random crops per image into a label store.
 
     fkd-labelgen --teacher regnety_160 --crops 200 --data DATA --out STORE
+    fkd-labelgen --target embedding --embedding-from pre-logits --teacher ... --out STORE   # features
+
+With ``--target embedding`` each crop keeps the teacher's feature vector (``fkd.features``) instead
+of a soft label; the options that only shape soft labels are refused rather than ignored.
 
 Options can come from a YAML file (``-c config.yaml``, keys are option names); flags override it.
 torch, Ray and h5py are imported only once the arguments are parsed, so ``--help`` and argument
@@ -16,13 +20,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fkd.config import add_config_arg, parse_args_with_config
+from fkd.embedding_spec import EMBEDDING_DTYPES, NORMALIZATIONS
 from fkd.schemes import SCHEMES
 from fkd.teacher_options import add_teacher_args
 
 if TYPE_CHECKING:
     from .driver import RunConfig
+    from .messages import EmbeddingSettings
 
 PROG = "fkd-labelgen"
+TARGETS = ("labels", "embedding")
+LABEL_ONLY = {"scheme": "--scheme", "top_k": "--top-k", "temperature": "--temperature", "class_map": "--class-map"}
+EMBEDDING_ONLY = {"embedding_from": "--embedding-from", "embedding_dtype": "--embedding-dtype", "embedding_norm": "--embedding-norm"}
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -40,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Stage 1 of fast knowledge distillation (FKD): run pretrained teachers over M random-resized "
         "crops of every image, in parallel on Ray, and store each crop's box, flip and quantized soft label in a "
-        "sharded HDF5 label store. Rerunning the same command resumes an interrupted run.",
+        "sharded HDF5 label store (or, with --target embedding, the teacher's feature vector per crop, for feature "
+        "distillation). Rerunning the same command resumes an interrupted run.",
         formatter_class=_HelpFormatter,
     )
     add_config_arg(parser)
@@ -83,6 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
     labels.add_argument("--input-size", type=int, default=None, metavar="PX",
                         help="side of the square crops fed to the teacher (default: the first teacher's own input size "
                         "from its timm data config)")
+    target = parser.add_argument_group("target (what each crop keeps)")
+    target.add_argument("--target", choices=TARGETS, default="labels",
+                        help="labels: the teacher's quantized soft labels; embedding: its feature vector (feature distillation; "
+                        "the store's ground truth is then the data's own classes, and the teacher needs no classifier)")
+    target.add_argument("--embedding-from", default="pre-logits", metavar="SOURCE",
+                        help="pre-logits (timm forward_head(pre_logits=True): what the classifier reads), pooled (the model's "
+                        "global pooling, before any head norm or MLP), or a module name of the teacher (a forward hook; "
+                        "(N, C, H, W) outputs are averaged over H, W), e.g. dense_1_relu for fkd.zoo.keras_cifar10")
+    target.add_argument("--embedding-dtype", choices=EMBEDDING_DTYPES, default="float16",
+                        help="float16 (default: every value to float16 precision) or int8 (one float32 scale per crop: 36 %% "
+                        "smaller on the CIFAR-10 teacher, but values far below the crop's largest lose their precision)")
+    target.add_argument("--embedding-norm", choices=NORMALIZATIONS, default="none",
+                        help="normalization applied before storage (default none: raw features, training whitens as it likes); "
+                        "l2 or layernorm (no affine) over the vector")
     compute = parser.add_argument_group("compute")
     compute.add_argument("--batch-size", type=int, default=256, metavar="B",
                          help="crops per teacher forward pass (batches are cut the same way whatever the number of workers)")
@@ -128,11 +152,13 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         crop_params = CropParams(scale=tuple(args.crop_scale), ratio=tuple(args.crop_ratio))
     except ValueError as exc:
         parser.error(str(exc))
+    embedding = embedding_settings(args, parser)
+    scheme, top_k = (args.scheme, args.top_k) if embedding is None else (None, 0)
     return RunConfig(
         data=args.data,
         out=Path(args.out),
         teacher_args=args,
-        labels=LabelSettings(args.scheme, args.top_k, args.crops, args.seed, crop_params, args.shard_size),
+        labels=LabelSettings(scheme, top_k, args.crops, args.seed, crop_params, args.shard_size, embedding),
         batch_size=args.batch_size,
         threads=args.threads,
         class_map=args.class_map,
@@ -147,6 +173,36 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         progress=not args.no_progress,
         args=args,
     )
+
+
+def embedding_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> "EmbeddingSettings | None":
+    """None for --target labels; else what to store. Options of the other target are refused when
+    set to anything but their default (a resumed run's saved file holds the defaults: accepted)."""
+    from fkd.embedding_spec import EmbeddingSpec
+
+    from .messages import EmbeddingSettings
+
+    def given(options: dict[str, str]) -> list[str]:
+        return [flag for name, flag in options.items() if getattr(args, name) != parser.get_default(name)]
+
+    if args.target == "labels":
+        if extra := given(EMBEDDING_ONLY):
+            parser.error(f"{', '.join(extra)} only apply with --target embedding")
+        return None
+    if extra := given(LABEL_ONLY):
+        parser.error(f"{', '.join(extra)} only apply with --target labels: an embedding store keeps the teacher's features, "
+                     "not its probabilities, and the data's own classes")
+    if args.embedding_from == "feature-map":
+        parser.error("--embedding-from feature-map is a spatial map, not a vector: a store keeps one (D,) vector per crop; use pooled")
+    members = len(args.teacher or []) + (args.teacher_module is not None)
+    if members > 1 and args.embedding_norm != "none":
+        parser.error(f"--embedding-norm {args.embedding_norm} with {members} teachers would normalize their concatenated features "
+                     "together, mixing their scales: use --embedding-norm none and normalize each teacher's part in training")
+    try:
+        EmbeddingSpec(1, args.embedding_dtype, args.embedding_from, args.embedding_norm)
+    except ValueError as exc:
+        parser.error(f"--embedding-from: {exc}")
+    return EmbeddingSettings(args.embedding_from, args.embedding_dtype, args.embedding_norm)
 
 
 def main(argv: "Sequence[str] | None" = None) -> int:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from fkd.config import save_args
 from fkd.store import Manifest, StoreMeta, StoreMismatchError, open_for_writing, remove_store, shard_file_problem, store_lock, write_shard
 
-from .checks import check_inputs, check_top_k, teacher_space
+from .checks import check_inputs, class_space
 from .errors import BadImage, BadImagesError, InputError
 from .messages import ImageRef, LabelSettings, ShardTask
 from .plan import chunks, image_refs, keep_good, pending_shards, previous_scan, store_meta
@@ -90,6 +90,8 @@ class Summary:
     images_labelled: int
     labelling_seconds: float
     seconds: float
+    teacher_seconds: float = 0.0  # the teacher's forward passes, summed over workers
+    workers: int = 1
 
     @property
     def bytes_per_crop(self) -> float:
@@ -99,6 +101,12 @@ class Summary:
     def images_per_second(self) -> float:
         return self.images_labelled / self.labelling_seconds if self.labelling_seconds > 0 else 0.0
 
+    @property
+    def teacher_busy(self) -> float:
+        """Fraction of the labelling time the teachers spent in their forward passes (1.0: the
+        teacher bounds the run; well below: decoding, cropping or writing does)."""
+        return self.teacher_seconds / (self.labelling_seconds * self.workers) if self.labelling_seconds > 0 else 0.0
+
     def format(self) -> str:
         skipped = self.shards - self.shards_written
         return (
@@ -107,6 +115,9 @@ class Summary:
             f"size {self.bytes} bytes ({self.bytes / 2**20:.1f} MiB), {self.bytes_per_crop:.1f} bytes per crop\n"
             f"time {self.seconds:.1f} s; labelled {self.images_labelled} images in {self.labelling_seconds:.1f} s "
             f"({self.images_per_second:.1f} images/s)"
+        ) + (
+            f"\nteacher busy {self.teacher_seconds:.1f} s over {self.workers} worker(s): {100 * self.teacher_busy:.0f} % of the labelling time"
+            if self.teacher_seconds > 0 else ""
         )
 
 
@@ -158,7 +169,7 @@ def resolve_sizing(workers: "int | None", cpus: "float | None", gpus: "float | N
 def run(config: RunConfig, log: Callable[[str], None] = _stderr) -> Summary:
     """Generate (or finish) the label store ``config.out``."""
     started = time.perf_counter()
-    listing = check_inputs(config.data, config.out, config.teacher_args, config.class_map)
+    listing = check_inputs(config.data, config.out, config.teacher_args, config.class_map, config.labels.embedding)
     with ray_session(config.ray_address):
         sizing = resolve_sizing(config.workers, config.cpus_per_worker, config.gpus_per_worker, config.device)
         worker_config = WorkerConfig(
@@ -169,8 +180,7 @@ def run(config: RunConfig, log: Callable[[str], None] = _stderr) -> Summary:
             f"{sizing.gpus_per_worker:g} GPUs and {config.threads} teacher thread(s) each")
         with WorkerPool(worker_config, sizing.workers, sizing.cpus_per_worker, sizing.gpus_per_worker, config.max_retries, log) as pool:
             teacher = pool.teacher_info()
-            check_top_k(config.labels, teacher.num_classes)
-            images, class_map = teacher_space(listing, teacher, config.class_map)
+            images, class_map = class_space(config.labels, listing, teacher, config.class_map)
             refs = image_refs(images)
             bad = None if config.overwrite else previous_scan(config.out, listing.fingerprint())
             if bad is None:
@@ -190,7 +200,7 @@ def run(config: RunConfig, log: Callable[[str], None] = _stderr) -> Summary:
                 log(f"fkd-labelgen: teacher on {teacher.device}, input {teacher.input_size}; "
                     f"{manifest.meta.num_shards} shards, {manifest.meta.num_shards - len(tasks)} already done")
                 labelling_started = time.perf_counter()
-                labelled = label_shards(pool, manifest, config.out, tasks, len(kept), config.progress)
+                labelled, teacher_seconds = label_shards(pool, manifest, config.out, tasks, len(kept), config.progress)
                 labelling_seconds = time.perf_counter() - labelling_started
     meta = manifest.meta
     return Summary(
@@ -204,6 +214,8 @@ def run(config: RunConfig, log: Callable[[str], None] = _stderr) -> Summary:
         images_labelled=labelled,
         labelling_seconds=labelling_seconds,
         seconds=time.perf_counter() - started,
+        teacher_seconds=teacher_seconds,
+        workers=sizing.workers,
     )
 
 
@@ -241,12 +253,16 @@ def check_images(pool: WorkerPool, refs: list[ImageRef], progress: bool) -> list
     return sorted(bad, key=lambda b: order[b.image_id])
 
 
-def label_shards(pool: WorkerPool, manifest: Manifest, out: Path, tasks: list[ShardTask], total: int, progress: bool) -> int:
-    """Label the missing shards; write each one and record it in store.json as it arrives."""
+def label_shards(
+    pool: WorkerPool, manifest: Manifest, out: Path, tasks: list[ShardTask], total: int, progress: bool
+) -> tuple[int, float]:
+    """Label the missing shards; write each one and record it in store.json as it arrives. Returns
+    the images labelled and the teachers' forward seconds."""
     meta = manifest.meta
     board = ray.remote(num_cpus=0)(ProgressBoard).remote() if progress else None
     finished: set[int] = set()
     labelled = 0
+    teacher_seconds = 0.0
     with tqdm(total=total, initial=total - sum(len(t.images) for t in tasks), unit="img", desc="labelling",
               disable=not progress, dynamic_ncols=True) as bar:
 
@@ -271,10 +287,11 @@ def label_shards(pool: WorkerPool, manifest: Manifest, out: Path, tasks: list[Sh
             manifest.save(out)
             finished.add(task.shard)
             labelled += len(task.images)
+            teacher_seconds += outcome.teacher_seconds
             show()
     if board is not None:
         ray.kill(board)
-    return labelled
+    return labelled, teacher_seconds
 
 
 def _chunk_name(chunk: list[ImageRef]) -> str:

@@ -13,15 +13,25 @@ from .errors import BadImage
 
 
 @dataclass(frozen=True)
-class LabelSettings:
-    """The user's choices that define the labels, besides the teacher and the data."""
+class EmbeddingSettings:
+    """``--target embedding``: which teacher features to store (``fkd.features`` source), how."""
 
-    scheme: str
+    source: str
+    dtype: str = "float16"
+    normalization: str = "none"
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    """The user's choices that define the labels (or embeddings), besides the teacher and the data."""
+
+    scheme: "str | None"  # None with --target embedding
     top_k: int
     num_crops: int
     seed: int
     crop_params: CropParams
     shard_size: int
+    embedding: "EmbeddingSettings | None" = None  # set: store the teacher's features, not soft labels
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,7 @@ class ShardOutcome:
     shard: int
     data: "ShardData | None" = None
     bad_images: list[BadImage] = field(default_factory=list)
+    teacher_seconds: float = 0.0  # wall time of the teacher's forward passes (device synchronized)
 
 
 @dataclass(frozen=True)
@@ -71,3 +82,4 @@ class TeacherInfo:
     device: str
     precision: str
     class_names: "list[str] | None"  # what each output index means, when the teacher says
+    embedding_dims: "tuple[int, ...] | None" = None  # --target embedding: each member's D, in member order

@@ -9,8 +9,10 @@ listing reuses it instead of decoding the whole dataset again.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fkd.classes import store_class_names
+from fkd.embedding_spec import EmbeddingSpec
 from fkd.images import ImageList
 from fkd.store import MANIFEST_NAME, Manifest, RecordLayout, StoreError, StoreMeta, new_meta
 
@@ -51,20 +53,16 @@ def store_meta(
     class_map: "dict[str, int] | None" = None,
 ) -> StoreMeta:
     """Metadata of the store for the listing ``images`` (as on disk: its fingerprint identifies the
-    data) whose images ``kept`` are labelled, with ground truth already in the teacher's space."""
+    data) whose images ``kept`` are labelled, with ground truth already in the store's class space:
+    the teacher's for soft labels, the data's own for embeddings (``checks.class_space``)."""
     return new_meta(
-        scheme=settings.scheme,
-        top_k=settings.top_k,
-        num_classes=teacher.num_classes,
-        class_names=store_class_names(images, teacher.num_classes, teacher.class_names, mapped=class_map is not None),
+        **_payload_settings(settings, teacher, images, class_map),
         class_map=class_map,
         teacher_precision=teacher.precision,
         image_fingerprint="crc32",
         num_crops=settings.num_crops,
         num_images=len(kept),
         shard_size=settings.shard_size,
-        teachers=teacher.members,
-        temperature=teacher.temperature,
         crop_scale=settings.crop_params.scale,
         crop_ratio=settings.crop_params.ratio,
         flip_prob=settings.crop_params.flip_prob,
@@ -76,6 +74,26 @@ def store_meta(
         data_fingerprint=images.fingerprint(),
         bad_images=[b.to_dict() for b in bad],
     )
+
+
+def _payload_settings(
+    settings: LabelSettings, teacher: TeacherInfo, images: ImageList, class_map: "dict[str, int] | None"
+) -> dict[str, Any]:
+    """The metadata that differs between a label store and an embedding store. An embedding's D is
+    the sum of the members' (concatenated in member order); each member records its own D."""
+    if settings.embedding is None:
+        return {
+            "scheme": settings.scheme, "top_k": settings.top_k, "num_classes": teacher.num_classes, "teachers": teacher.members,
+            "class_names": store_class_names(images, teacher.num_classes, teacher.class_names, mapped=class_map is not None),
+            "temperature": teacher.temperature,
+        }
+    spec, dims = settings.embedding, teacher.embedding_dims or ()
+    num_classes = len(images.class_names)
+    return {
+        "scheme": None, "top_k": 0, "num_classes": num_classes, "class_names": store_class_names(images, num_classes, None, mapped=False),
+        "teachers": [{**member, "embedding_dim": dim} for member, dim in zip(teacher.members, dims)],
+        "embedding": EmbeddingSpec(sum(dims), spec.dtype, spec.source, spec.normalization),
+    }
 
 
 def pending_shards(manifest: Manifest, kept: list[ImageRef]) -> list[ShardTask]:

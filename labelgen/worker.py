@@ -9,6 +9,9 @@ count, so tying it to the cluster's shape made labels change with the number of 
 guarantee (docs/FORMAT.md): crops and ids are bitwise identical for any number of workers, labels
 bitwise identical for the same device type, threads and batch size.
 
+What the teacher computes per batch, soft labels or embeddings, is ``labelgen.targets``'s business: the
+worker only sees a forward and an encoder whose payload ``arrays()`` it buffers and packs.
+
 The class is plain Python (tests drive it directly); ``labelgen.pool`` runs it as a Ray actor.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +30,6 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 import torch
 
-from fkd import quantize
 from fkd.crops import boxes_to_fixed, replay_fixed, sample_crops
 from fkd.images import BadImageError, LoadedImage, read_image
 from fkd.store import ShardData, compress_records
@@ -34,6 +37,7 @@ from fkd.teachers import teacher_from_args
 
 from .errors import BadImage
 from .messages import ImageRef, LabelSettings, ShardOutcome, ShardTask, TeacherInfo
+from .targets import BatchTarget, EncodedPayload, batch_target
 
 if TYPE_CHECKING:
     import ray
@@ -86,6 +90,7 @@ class LabelWorker:
         torch.set_num_threads(max(1, config.threads))
         self.device = resolve_device(config.device)
         self.teacher = teacher_from_args(config.teacher_args, self.device).eval()
+        self.target: BatchTarget = batch_target(self.teacher, config.labels)
         self.input_size = tuple(self.teacher.data_config.input_size)
         self.interpolation = self.teacher.data_config.interpolation
         self.pool = ThreadPoolExecutor(max(1, config.decode_threads), thread_name_prefix="fkd-decode")
@@ -103,6 +108,7 @@ class LabelWorker:
             device=str(self.device),
             precision=self.teacher.precision,
             class_names=self.teacher.class_names,
+            embedding_dims=self.target.embedding_dims,
         )
 
     # Image checks ---------------------------------------------------------------------------
@@ -132,18 +138,19 @@ class LabelWorker:
         records: list[bytes] = []
         pending = PayloadBuffer()
         batcher = CropBatcher(self.config.batch_size)
+        teacher_seconds = 0.0
 
         def run(batch: torch.Tensor) -> None:
-            pending.add(self._label_batch(batch))
+            nonlocal teacher_seconds
+            payload, seconds = self._label_batch(batch)
+            pending.add(payload)
+            teacher_seconds += seconds
             done = pending.rows // m
             if done:
                 first = len(records)
-                idx, val = pending.take(done * m)
+                per_image = (None if a is None else a.reshape(done, m, *a.shape[1:]) for a in pending.take(done * m))
                 records.extend(
-                    compress_records(
-                        task.layout, np.stack(fixed[first : first + done]), np.stack(flips[first : first + done]),
-                        None if idx is None else idx.reshape(done, m, -1), None if val is None else val.reshape(done, m, -1),
-                    )
+                    compress_records(task.layout, np.stack(fixed[first : first + done]), np.stack(flips[first : first + done]), *per_image)
                 )
                 if board is not None:
                     board.post.remote(task.shard, len(records))
@@ -172,7 +179,7 @@ class LabelWorker:
             records=records,
             fingerprints=np.array(fingerprints, dtype=np.uint32),
         )
-        return ShardOutcome(task.shard, data=data)
+        return ShardOutcome(task.shard, data=data, teacher_seconds=teacher_seconds)
 
     def _prepare(self, image: ImageRef) -> "PreparedImage | BadImage":
         cfg = self.config.labels
@@ -190,12 +197,20 @@ class LabelWorker:
         return PreparedImage(views, fixed, crops.flips, (height, width), loaded.fingerprint)
 
     @torch.inference_mode()
-    def _label_batch(self, views: torch.Tensor) -> quantize.Payload:
+    def _label_batch(self, views: torch.Tensor) -> tuple[EncodedPayload, float]:
+        """The batch's encoded labels (or embeddings) and the seconds the teacher's forward took: the device is
+        synchronized first, so queued crop work is not counted, and the finiteness check waits for
+        the forward to finish (the figure behind fkd-labelgen's teacher busy fraction)."""
         x = views.to(self.device, non_blocking=True).float().div_(255.0)
-        probs = self.teacher(x).float()
-        if not bool(torch.isfinite(probs).all()):
-            raise RuntimeError("the teacher returned non-finite probabilities")
-        return quantize.encode(probs.cpu().numpy(), self.config.labels.scheme, self.config.labels.top_k)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        started = time.perf_counter()
+        output = self.target.forward(x).float()
+        finite = bool(torch.isfinite(output).all())
+        seconds = time.perf_counter() - started
+        if not finite:
+            raise RuntimeError(f"the teacher returned non-finite {self.target.what}")
+        return self.target.encode(output.cpu().numpy()), seconds
 
     def _ordered(self, fn: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[R]:
         """``map(fn, items)`` on the thread pool, in order, with at most ``window`` items in flight
@@ -242,23 +257,27 @@ class CropBatcher:
 
 
 class PayloadBuffer:
-    """Encoded crops waiting until all M crops of their image are labelled."""
+    """Encoded crops waiting until all M crops of their image are labelled. Payload-blind: it keeps
+    the arrays of ``payload.arrays()`` (the record's payload fields in order, None where absent),
+    so soft labels and embeddings go through it alike."""
 
     def __init__(self) -> None:
-        self.indices: list[np.ndarray] = []
-        self.values: list[np.ndarray] = []
+        self.fields: list[list[np.ndarray]] = []
         self.rows = 0
 
-    def add(self, payload: quantize.Payload) -> None:
-        if payload.indices is not None:
-            self.indices.append(payload.indices)
-        if payload.values is not None:
-            self.values.append(payload.values)
-        self.rows += len(payload.indices if payload.indices is not None else payload.values)
+    def add(self, payload: EncodedPayload) -> None:
+        arrays = payload.arrays()
+        if not self.fields:
+            self.fields = [[] for _ in arrays]
+        for parts, array in zip(self.fields, arrays):
+            if array is not None:
+                parts.append(array)
+        self.rows += len(next(a for a in arrays if a is not None))
 
-    def take(self, rows: int) -> tuple["np.ndarray | None", "np.ndarray | None"]:
+    def take(self, rows: int) -> tuple["np.ndarray | None", ...]:
+        """The first ``rows`` crops of every field (None for a field the payload does not have)."""
         out = []
-        for parts in (self.indices, self.values):
+        for parts in self.fields:
             if not parts:
                 out.append(None)
                 continue
@@ -266,7 +285,7 @@ class PayloadBuffer:
             parts[:] = [joined[rows:]] if len(joined) > rows else []
             out.append(joined[:rows])
         self.rows -= rows
-        return out[0], out[1]
+        return tuple(out)
 
 
 def _load(image: ImageRef) -> "LoadedImage | BadImage":

@@ -113,3 +113,54 @@ def extract_cifar_test_images(root: Path, per_class: int) -> Path:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(tar.extractfile(member).read())
     return root
+
+
+def write_random_embedding_store(
+    path: Path,
+    dim: int = 32,
+    dtype: str = "float16",
+    num_crops: int = 6,
+    num_images: int = 5,
+    shard_size: int = 2,
+    seed: int = 0,
+    image_ids: "list[str] | None" = None,
+    sizes: "np.ndarray | None" = None,
+    labels: "np.ndarray | None" = None,
+) -> tuple[Path, dict[str, np.ndarray]]:
+    """Write a complete embedding store of random features (what fkd-labelgen's workers will write:
+    ``embedding_codec.encode`` per batch, ``compress_records`` per image, ``write_shard`` per shard);
+    return it and the arrays written (``features`` (N, M, D) float32, ``boxes``, ``flips``)."""
+    from fkd import embedding_codec
+    from fkd.embedding_spec import EmbeddingSpec
+
+    rng = np.random.default_rng(seed)
+    image_ids = image_ids or [f"c{i % 3}/img{i:03d}.jpg" for i in range(num_images)]
+    sizes = np.asarray(sizes if sizes is not None else [(40 + i % 5, 48 + i % 7) for i in range(num_images)])
+    labels = np.asarray(labels if labels is not None else [i % 3 for i in range(num_images)])
+    meta = new_meta(
+        scheme=None, top_k=0, num_classes=3, class_names=["c0", "c1", "c2"], num_crops=num_crops, num_images=num_images,
+        shard_size=shard_size, teachers=[{"name": "random"}], seed=seed, embedding=EmbeddingSpec(dim, dtype, "pre-logits"),
+    )
+    manifest = open_for_writing(path, meta)
+    layout = meta.record_layout()
+    features = np.maximum(rng.normal(size=(num_images, num_crops, dim)), 0).astype(np.float32) * 3  # ReLU'd, like pre-logits
+    all_boxes = np.zeros((num_images, num_crops, 4), dtype=np.int64)
+    all_flips = np.zeros((num_images, num_crops), dtype=bool)
+    for shard in range(meta.num_shards):
+        start, stop = meta.shard_range(shard)
+        fixed = []
+        for n in range(start, stop):
+            h, w = (int(v) for v in sizes[n])
+            c = crops.sample_crops(image_ids[n], h, w, num_crops, seed)
+            all_boxes[n], all_flips[n] = c.boxes, c.flips
+            fixed.append(crops.boxes_to_fixed(c.boxes, h, w))
+        count = stop - start
+        payload = embedding_codec.encode(features[start:stop].reshape(count * num_crops, dim), dtype)
+        embedding, scales = payload.arrays()
+        records = compress_records(
+            layout, np.stack(fixed), all_flips[start:stop], embedding.reshape(count, num_crops, dim),
+            None if scales is None else scales.reshape(count, num_crops),
+        )
+        manifest.shards[shard] = write_shard(path, meta, shard, ShardData(image_ids[start:stop], labels[start:stop], sizes[start:stop], records))
+        manifest.save(path)
+    return path, {"features": features, "boxes": all_boxes, "flips": all_flips}

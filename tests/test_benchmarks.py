@@ -127,3 +127,185 @@ def test_report_marks_missing_results_and_is_idempotent(tmp_path: Path, monkeypa
     assert report.render(rendered) == rendered
     with pytest.raises(SystemExit, match="lacks the markers <!-- run-times:begin -->"):
         report.render("no markers here")
+
+
+# The ViT block (bench_vit.py) and the ViT rows of the training-speed benchmark -------------------
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+
+from benchmarks.accuracy import bench_accuracy, bench_vit  # noqa: E402
+from benchmarks.speed import bench_train_speed  # noqa: E402
+
+
+class _Stop(Exception):
+    pass
+
+
+def _argvs(monkeypatch, tmp_path: Path, runs: list, images: int) -> dict[str, list[str]]:
+    """What train() would run for each run (without the script path), stopped before it runs."""
+    captured: dict[str, list[str]] = {}
+
+    def capture(argv, log, env=None):
+        captured[Path(argv[argv.index("--output") + 1]).name] = list(argv[1:])
+        raise _Stop
+
+    monkeypatch.setattr(bench_accuracy, "run_logged", capture)
+    monkeypatch.setattr(bench_accuracy, "converted_store", lambda setting, scheme, k: Path(f"/stores/{scheme}-k{k}"))
+    monkeypatch.setattr(bench_accuracy, "list_images", lambda data: range(images))
+    args = argparse.Namespace(samples_per_step=128, epoch_unit=1, threads=1)
+    for run in runs:
+        with pytest.raises(_Stop):
+            bench_accuracy.train(run, args, common.LabelSetting(128, 32), Path("/data"), Path("/test"), tmp_path)
+    return captured
+
+
+def test_cnn_runs_keep_their_argv_and_vit_rows_add_their_flags(monkeypatch, tmp_path: Path):
+    """Finished runs are cached by argv: the CNN runs' argv must not move when the ViT block's
+    options are added; the ViT rows get their recipe, flags, distillation options and epochs."""
+    recipe = str(bench_accuracy.RECIPE)
+    vit_runs = [run for run, _, _ in bench_vit.vit_rows("/stores/full", 1)]
+    argv = _argvs(monkeypatch, tmp_path, [Run("online-kd", None, 0, 4, 1), Run("fkd", "full", 10, 2, 0, gt_weight=0.3), *vit_runs], 1280)
+    head = ["--data", "/data", "--val-data", "/test", "--output"]
+    assert argv["online-kd-n4-seed1"] == ["-c", recipe, "--mode", "online-kd", *head, str(tmp_path / "online-kd-n4-seed1"), "--seed", "1",
+                                          "--epochs", "2", "--batch-size", "32", "--crops-per-image", "4",
+                                          "--teacher-module", "fkd.zoo.keras_cifar10:create_model", "--kd-alpha", "1.0"]
+    assert argv["fkd-full-gt0.3-n2-seed0"] == ["-c", recipe, "--mode", "fkd", *head, str(tmp_path / "fkd-full-gt0.3-n2-seed0"), "--seed", "0",
+                                               "--epochs", "4", "--batch-size", "64", "--crops-per-image", "2",
+                                               "--store", "/stores/full-k10", "--stored-crops", "cycle", "--gt-weight", "0.3"]
+    assert [run.name for run in vit_runs] == [
+        "supervised-n4", "online-kd-soft-n4", "online-kd-hard-n4", "fkd-marginal-smoothing-k5-n4", "fkd-full-n4", "fkd-hardening-gt0.5-n4",
+        "deit-full-hard-n4", "deit-full-soft-n4"]
+    shared = ["--epochs", "1", "--batch-size", "32", "--crops-per-image", "4", "--model-kwargs", *bench_vit.MODEL_KWARGS, *bench_vit.FLAGS,
+              "--warmup-epochs", "0.1"]
+    deit_hard = argv["deit-full-hard-n4-seed0"]
+    assert deit_hard[:4] == ["-c", str(bench_vit.DEIT_RECIPE), "--mode", "deit"]
+    assert deit_hard[12:12 + len(shared)] == shared
+    assert deit_hard[12 + len(shared):] == ["--kd", "hard", "--kd-alpha", "0.5", "--store", "/stores/full-k10", "--stored-crops", "cycle"]
+    soft = argv["online-kd-soft-n4-seed0"]
+    assert soft[1] == str(bench_vit.VIT_RECIPE) and soft[12:12 + len(shared)] == shared
+    assert soft[12 + len(shared):] == ["--store", "/stores/full", "--teacher-module", "fkd.zoo.keras_cifar10:create_model",
+                                       "--kd", "soft", "--kd-tau", "3", "--kd-alpha", "0.1"]
+    assert argv["fkd-hardening-gt0.5-n4-seed0"][-6:] == ["--store", "/stores/hardening-k1", "--stored-crops", "cycle", "--gt-weight", "0.5"]
+
+
+def _vit_row(name: str, top1: float, std: "float | None") -> dict:
+    return {"name": name, "top1_mean": top1, "top1_std": std}
+
+
+def test_vit_claims_read_deit_claims_with_their_seed_spread():
+    rows = [_vit_row("deit-full-hard-n4", 40.0, 0.3), _vit_row("deit-full-soft-n4", 39.0, 0.4), _vit_row("online-kd-hard-n4", 38.0, 1.0),
+            _vit_row("online-kd-soft-n4", 38.5, 0.0), _vit_row("fkd-hardening-gt0.5-n4", 39.8, 0.2)]
+    claims = bench_vit.vit_claims(rows)
+    assert [(c["holds"], c["clear"]) for c in claims] == [(True, True), (False, False), (True, False)]
+    assert claims[0]["measured"] == "deit-full-hard-n4 40.00 vs deit-full-soft-n4 39.00: +1.00 points, seed spread 0.50"
+    assert claims[1]["measured"] == "online-kd-hard-n4 38.00 vs online-kd-soft-n4 38.50: -0.50 points, seed spread 1.00"
+    assert bench_vit.verdict(claims[0]) == (
+        "- DeiT claim 1: hard distillation beats soft with a convnet teacher (distillation token, stored labels): **holds**, "
+        "beyond the seed spread (deit-full-hard-n4 40.00 vs deit-full-soft-n4 39.00: +1.00 points, seed spread 0.50)")
+    one_seed = bench_vit.vit_claims([{**r, "top1_std": None} for r in rows])
+    assert [(c["holds"], c["clear"], c["spread"]) for c in one_seed] == [(True, False, None), (False, False, None), (True, False, None)]
+    assert bench_vit.verdict(one_seed[2]) == (
+        "- DeiT claim 2: the distillation token helps (the same hard objective and stored labels, with vs without the token): **holds**, "
+        "no seed spread (one seed) (deit-full-hard-n4 40.00 vs fkd-hardening-gt0.5-n4 39.80: +0.20 points)")
+
+
+def test_report_renders_the_vit_block(tmp_path: Path, monkeypatch):
+    machine = {"cpu": "CPU", "cores": 2, "memory_gib": 8.0, "gpu": None, "python": "3.11", "torch": "2", "date": "today",
+               "load_average_at_start": [1.0, 1.0, 1.0], "load_average_at_end": [2.0, 2.0, 2.0]}
+    rows = [{**_vit_row(name, top1, 0.5), "student": "ViT", "targets": "t", "seeds": 2, "steps": 313, "vs_supervised": top1 - 30.0,
+             "wall_seconds": 100.0, "train_samples_per_s": 250.0}
+            for name, top1 in (("supervised-n4", 30.0), ("online-kd-soft-n4", 31.0), ("online-kd-hard-n4", 32.5), ("deit-full-hard-n4", 33.0),
+                               ("deit-full-soft-n4", 31.25), ("fkd-hardening-gt0.5-n4", 33.5))]
+    result = {"command": "cmd", "machine": machine, "wall_seconds": 1500.0, "teacher_top1": 76.57, "rows": rows,
+              "claims": bench_vit.vit_claims(rows),
+              "setting": {"model_kwargs": ["depth=4"], "recipes": ["a.yaml", "b.yaml"], "train_images": 10000, "store_crops": 32, "test_images": 10000,
+                          "seeds": 2, "steps": 313, "images_per_step": 32, "crops_per_image": 4, "epochs": 1, "warmup_fraction": 0.1,
+                          "jobs": 2, "threads": 1}}
+    (tmp_path / "accuracy").mkdir()
+    (tmp_path / "accuracy" / "accuracy-vit.json").write_text(json.dumps(result))
+    monkeypatch.setattr(report, "BENCH_DIR", tmp_path)
+    text = report.block("accuracy-vit", *report.BLOCKS["accuracy-vit"])
+    assert "#### Quick setting" not in text  # a full-setting-only block
+    assert "313 optimizer steps of 32 images x 4 crops (1 epoch(s), warm-up 10% of it)" in text
+    assert "| deit-full-hard-n4 | ViT | t | 2 | 313 | 33.00 | 0.50 | +3.00 | 100 | 250 |" in text
+    assert text.endswith(
+        "- DeiT claim 2: the distillation token helps (the same hard objective and stored labels, with vs without the token): "
+        "**does not hold**, within the seed spread (deit-full-hard-n4 33.00 vs fkd-hardening-gt0.5-n4 33.50: -0.50 points, seed spread 0.71)")
+    assert "hard distillation beats soft with a convnet teacher (class token only, teacher in the loop): **holds**, beyond the seed spread" in text
+
+
+def test_train_speed_ratios_are_per_student():
+    rows = [{"student": student, "mode": mode, "samples_per_s": value}
+            for student, values in (("cnn", (100.0, 4.0, 96.0)), ("vit", (30.0, 3.0, 27.0)))
+            for mode, value in zip(("supervised", "online-kd", "fkd"), values)]
+    bench_train_speed.add_ratios(rows)
+    assert [(r["vs_online_kd"], r["vs_supervised"]) for r in rows] == [(25.0, 1.0), (1.0, 0.04), (24.0, 0.96), (10.0, 1.0), (1.0, 0.1), (9.0, 0.9)]
+    assert bench_train_speed.STUDENTS[1].label == "vit_tiny_patch16_224 (img_size=32, patch_size=4) @ 32px"
+
+
+def test_report_shows_one_train_speed_headline_per_student():
+    machine = {"cpu": "CPU", "cores": 2, "memory_gib": 8.0, "gpu": None, "python": "3.11", "torch": "2", "date": "today",
+               "load_average_at_start": [1.0, 1.0, 1.0], "load_average_at_end": [2.0, 2.0, 2.0]}
+    setting = {"student": "cnn; vit", "teacher": "t", "images": 160, "batch_size": 16, "crops_per_image": 2, "epochs": 2, "workers": 1}
+    rows = [{"student": "vit", "mode": "fkd", "samples_per_s": 27.0, "images_per_s": 13.5, "vs_online_kd": 9.0, "vs_supervised": 0.9, "wall_seconds": 5.0}]
+    result = {"command": "cmd", "machine": machine, "wall_seconds": 1.0, "setting": setting, "rows": rows, "quoted": [],
+              "fkd_over_online_kd_per_student": {"cnn": 24.0, "vit": 9.0}}
+    text = report.train_speed(result, "")
+    assert "| vit | fkd | 27.0 | 13.5 | 9.0 | 0.90 | 5 |" in text
+    assert ("**Headline, cnn: fkd / online-kd = 24.0x training samples/s.**  \n"
+            "**Headline, vit: fkd / online-kd = 9.0x training samples/s.**\n") in text
+    legacy = {**result, "setting": {**setting, "student": "cnn"}, "rows": [{k: v for k, v in rows[0].items() if k != "student"}],
+              "fkd_over_online_kd": 24.0}
+    del legacy["fkd_over_online_kd_per_student"]
+    legacy_text = report.train_speed(legacy, "")  # a result written before the ViT rows
+    assert "| cnn | fkd | 27.0 |" in legacy_text and "**Headline, cnn: fkd / online-kd = 24.0x training samples/s.**\n" in legacy_text
+
+
+from benchmarks.accuracy import bench_fd  # noqa: E402
+
+
+def test_fd_rows_share_steps_and_differ_only_in_their_targets(monkeypatch, tmp_path: Path):
+    """The FD block's five rows: the same schedule; the embedding and online-FD rows the same
+    loss, projector and ground-truth weight; only label rows read the label store."""
+    runs = [run for run, _ in bench_fd.fd_rows("/emb", 2)]
+    assert [run.name for run in runs] == ["supervised-n4", "fkd-labels-n4", "fkd-embedding-gt0.3-n4", "fkd-labels+embedding-n4", "online-fd-gt0.3-n4"]
+    argv = _argvs(monkeypatch, tmp_path, runs, 2560)
+    head = ["--epochs", "2", "--batch-size", "32", "--crops-per-image", "4"]
+    embed = ["--embed-loss", "smooth-l1", "--projector", "linear"]
+    labels = ["--store", "/stores/marginal-smoothing-k5", "--stored-crops", "cycle"]
+    assert all(a[:4] == ["-c", str(bench_accuracy.RECIPE), "--mode", run.mode] and a[12:18] == head for run, a in zip(runs, argv.values()))
+    assert argv["supervised-n4-seed0"][18:] == []
+    assert argv["fkd-labels-n4-seed0"][18:] == labels
+    assert argv["fkd-embedding-gt0.3-n4-seed0"][18:] == ["--embed-store", "/emb", *embed, "--gt-weight", "0.3"]
+    assert argv["fkd-labels+embedding-n4-seed0"][18:] == ["--embed-store", "/emb", *embed, *labels]
+    assert argv["online-fd-gt0.3-n4-seed0"][18:] == ["--teacher-module", "fkd.zoo.keras_cifar10:create_model", "--embedding-from", "dense_1_relu",
+                                                     *embed, "--gt-weight", "0.3"]
+
+
+def test_report_renders_the_fd_block(tmp_path: Path, monkeypatch):
+    machine = {"cpu": "CPU", "cores": 2, "memory_gib": 8.0, "gpu": None, "python": "3.11", "torch": "2", "date": "today",
+               "load_average_at_start": [1.0, 1.0, 1.0], "load_average_at_end": [2.0, 2.0, 2.0]}
+    rows = [{"name": name, "mode": mode, "scheme": scheme, "targets": "t", "seeds": 2, "steps": 160, "top1_mean": top1, "top1_std": 0.5,
+             "vs_supervised": top1 - 30.0, "wall_seconds": 100.0, "train_samples_per_s": speed}
+            for name, mode, scheme, top1, speed in (("supervised-n4", "supervised", None, 30.0, 800.0), ("fkd-labels-n4", "fkd", "ms", 33.0, 800.0),
+                                                    ("fkd-embedding-gt0.3-n4", "fkd", None, 32.0, 700.0),
+                                                    ("fkd-labels+embedding-n4", "fkd", "ms", 34.0, 600.0), ("online-fd-gt0.3-n4", "online-fd", None, 32.5, 200.0))]
+    bench_fd.stored_bytes(rows, 30.0, 290.0)
+    assert [r["stored_bytes_per_crop"] for r in rows] == [None, 30.0, 290.0, 320.0, None]
+    assert [r["speed_vs_online_fd"] for r in rows] == [4.0, 4.0, 3.5, 3.0, 1.0]
+    stores = [{"store": "labels", "bytes_per_crop": 30.0, "labelgen_seconds": 120.0, "source": "this run's store"},
+              {"store": "embedding int8", "bytes_per_crop": 185.7, "labelgen_seconds": None, "source": "storage/embedding.json"}]
+    result = {"command": "cmd", "machine": machine, "wall_seconds": 1500.0, "teacher_top1_reference": 76.57, "rows": rows, "stores": stores,
+              "setting": {"train_images": 2560, "test_images": 10000, "store_crops": 8, "seeds": 2, "steps": 160, "images_per_step": 32,
+                          "crops_per_image": 4, "epochs": 2, "layer": "dense_1_relu", "embed_flags": ["--embed-loss", "smooth-l1"],
+                          "recipe": "configs/bench-cifar10.yaml", "jobs": 2, "threads": 1}}
+    (tmp_path / "accuracy").mkdir()
+    (tmp_path / "accuracy" / "accuracy-fd.json").write_text(json.dumps(result))
+    monkeypatch.setattr(report, "BENCH_DIR", tmp_path)
+    text = report.block("accuracy-fd", *report.BLOCKS["accuracy-fd"])
+    assert text.startswith("Command: `cmd`") and "#### Quick setting" not in text
+    assert "160 optimizer steps of 32 images x 4 crops (2 epochs)" in text
+    assert "| fkd-labels+embedding-n4 | t | 2 | 160 | 34.00 | 0.50 | +4.00 | 320.0 | 100 | 600 | 3.00 |" in text
+    assert "| supervised-n4 | t | 2 | 160 | 30.00 | 0.50 | +0.00 | - | 100 | 800 | 4.00 |" in text
+    assert text.endswith("| embedding int8 | 185.7 | - | storage/embedding.json |")

@@ -262,7 +262,7 @@ def test_huge_declared_datasets_are_refused_without_allocating(base: Path, tmp_p
 META_FIELDS = [
     "scheme", "top_k", "num_classes", "class_names", "num_crops", "num_images", "shard_size", "teachers", "temperature",
     "crop_scale", "crop_ratio", "flip_prob", "input_size", "interpolation", "mean", "std", "seed", "data_fingerprint",
-    "bad_images", "store_id", "format_version",
+    "bad_images", "store_id", "format_version", "embedding",
 ]
 SHARD_FIELDS = ["index", "file", "start", "count", "bytes", "sha256", "records_offset", "records_bytes", "meta_sha256"]
 json_value = st.recursive(

@@ -26,6 +26,8 @@ from torch import nn
 
 LAST_NAME = "last.pth"
 BEST_NAME = "best.pth"
+PROJECTOR_NAME = "projector.pth"
+"""Feature distillation: the projector of last.pth, apart from the student (``train.projector``)."""
 EPOCH_PATTERN = "checkpoint-{:04d}.pth"
 
 
@@ -72,13 +74,15 @@ def _to_tuples(value: Any) -> Any:
 
 @dataclass
 class TrainingState:
-    """The objects a checkpoint covers. ``scaler`` and ``ema`` may be absent (CPU, no EMA)."""
+    """The objects a checkpoint covers. ``scaler``, ``ema`` and ``projector`` may be absent (CPU, no
+    EMA, no feature distillation). ``model`` is the student alone, whatever wraps it for training."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: "torch.amp.GradScaler | None" = None
     ema: "nn.Module | None" = None
+    projector: "Any | None" = None  # train.projector.Projector: saved by its entry(), apart from the student
 
 
 @dataclass
@@ -91,7 +95,9 @@ class Progress:
 
 
 def build_checkpoint(state: TrainingState, progress: Progress, rng_states: list[dict[str, Any]], args: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint dictionary (``rng_states``: one entry per rank, in rank order)."""
+    """The checkpoint dictionary (``rng_states``: one entry per rank, in rank order); a projector,
+    when trained, under ``projector``, so ``model`` stays the plain timm student."""
+    projector = {} if state.projector is None else {"projector": state.projector.entry()}
     return {
         "epoch": progress.epoch,
         "best_top1": progress.best_top1,
@@ -103,6 +109,7 @@ def build_checkpoint(state: TrainingState, progress: Progress, rng_states: list[
         "ema": unwrap(state.ema).state_dict() if state.ema is not None else None,
         "rng": rng_states,
         "args": args,
+        **projector,
     }
 
 
@@ -122,6 +129,8 @@ def load_checkpoint(path: Path, state: TrainingState, rank: int, world_size: int
         if ckpt.get("ema") is None:
             raise ValueError(f"{path}: checkpoint has no EMA weights but --model-ema is on")
         unwrap(state.ema).load_state_dict(ckpt["ema"])
+    if state.projector is not None:
+        state.projector.load_entry(ckpt.get("projector"))
     rngs = ckpt.get("rng") or []
     if len(rngs) == world_size:
         set_rng_state(rngs[rank])
@@ -153,7 +162,8 @@ def resolve_resume(resume: "str | None", output: Path) -> "Path | None":
 
 class CheckpointSaver:
     """Writes OUTPUT/last.pth every epoch (atomically), keeps the newest ``keep`` per-epoch copies
-    checkpoint-NNNN.pth, and copies the checkpoint to best.pth when validation top-1 improves."""
+    checkpoint-NNNN.pth, and copies the checkpoint to best.pth when validation top-1 improves. A
+    checkpoint with a projector also writes it alone to projector.pth (the one of last.pth)."""
 
     def __init__(self, output: Path, keep: int):
         self.output = Path(output)
@@ -162,6 +172,8 @@ class CheckpointSaver:
     def save(self, checkpoint: dict[str, Any], improved: bool) -> Path:
         last = self.output / LAST_NAME
         atomic_torch_save(checkpoint, last)
+        if "projector" in checkpoint:
+            atomic_torch_save(checkpoint["projector"], self.output / PROJECTOR_NAME)
         epoch = int(checkpoint["epoch"])
         if self.keep > 0:
             _atomic_copy(last, self.output / EPOCH_PATTERN.format(epoch))

@@ -19,7 +19,7 @@ from fkd.teacher_options import add_teacher_args
 
 from .aug_levels import AUG_LEVELS, ERASE_MODES
 from .errors import SetupError
-from .mode_names import DISTILL_DEFAULTS, MODES
+from .mode_names import DISTILL_DEFAULTS, EMBED_LOSSES, FEATURE_DEFAULTS, MODES, PROJECTORS
 
 AUG_LEVEL_HELP = ", ".join(f"{name} = mixup {level.mixup:g} + {level.randaugment or 'no RandAugment'}" for name, level in AUG_LEVELS.items())
 
@@ -28,6 +28,8 @@ Train a timm student from an FKD label store made by fkd-labelgen, without runni
 Each step loads B images, decodes each once, replays n of its stored crops (box + flip) at the
 student's input size and trains on the stored soft labels: B*n samples per step, and an epoch is
 one pass over the images. Baselines run in the same tool (--mode supervised | online-kd | deit).
+From an embedding store (--embed-store) the student learns the stored teacher features instead of,
+or beside, the soft labels; --mode online-fd is its online baseline (FD, the teacher in the loop).
 
 example:
   fkd-train --store STORE --data DATA --model resnet18 --crops-per-image 4 --val-data VAL --output OUT
@@ -40,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fkd-train", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
 
     g = p.add_argument_group("data")
-    g.add_argument("--store", help="label store directory written by fkd-labelgen (required by --mode fkd and deit)")
+    g.add_argument("--store", help="label store directory written by fkd-labelgen (--mode fkd needs it or --embed-store; deit needs it)")
     g.add_argument("--data", required=True, help="training images: the ImageFolder directory (or CSV/TXT list, or tar shards) the store was made from")
     g.add_argument("--val-data", help="validation ImageFolder (or list) evaluated after every epoch (top-1/top-5); omit to skip evaluation")
     g.add_argument("--crops-per-image", type=int, default=4, metavar="N",
@@ -73,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--remode", choices=ERASE_MODES, default="pixel", help="random erasing fill, as in timm (default pixel: per-pixel normal noise)")
     g.add_argument("--recount", type=int, default=1, metavar="N", help="random erasing: up to N boxes per crop (default 1)")
     g.add_argument("--workers", type=int, default=4, help="DataLoader worker processes per training process (default 4)")
+    g.add_argument("--replay-device", choices=("cpu", "cuda"), default="cpu",
+                   help="where crops are cut and resized: cpu (default) in the DataLoader workers; cuda: the workers only decode, "
+                        "the training GPU cuts, resizes (antialiased, float32) and flips the crops, batched (no per-crop --color-jitter "
+                        "or --randaugment)")
 
     g = p.add_argument_group("model")
     g.add_argument("--model", required=True, help="any timm model name (timm.list_models()), e.g. resnet18, deit_tiny_distilled_patch16_224")
@@ -103,12 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("training mode")
     g.add_argument("--mode", choices=MODES, default="fkd",
-                   help="fkd: stored soft labels (default); supervised: ground truth only; online-kd: the teacher runs every step; "
-                        "deit: distillation token learns the stored labels, class token the ground truth")
+                   help="fkd: stored soft labels and/or stored embeddings (default); supervised: ground truth only; online-kd: the "
+                        "teacher runs every step; deit: distillation token learns the stored labels, class token the ground truth; "
+                        "online-fd: FD's feature distillation with the teacher in the loop (the reference for --embed-store)")
     g.add_argument("--gt-weight", type=float, default=0.0, metavar="W",
-                   help="fkd: mix the ground truth into the stored labels, target = (1-W)*stored + W*one-hot(label) (with "
-                        "--smoothing applied to the one-hot): the usual cure for a weak teacher (default 0: stored labels only)")
-    g.add_argument("--smoothing", type=float, default=0.0, help="label smoothing of ground-truth targets (supervised, online-kd, deit; default 0)")
+                   help="the ground truth's share of the loss (fkd, online-fd). Label store: target = (1-W)*stored + W*one-hot(label) "
+                        "(with --smoothing applied to the one-hot), the usual cure for a weak teacher. With features: loss = (1-W)*"
+                        "distill + W*CE(student logits, label), distill = embed-weight*feature loss (+ CE on the stored labels with "
+                        "--store). Default 0: no ground truth (features alone then leave the classifier untrained)")
+    g.add_argument("--smoothing", type=float, default=0.0, help="label smoothing of ground-truth targets (supervised, online-kd, deit; fkd and online-fd with --gt-weight; default 0)")
     g.add_argument("--kd", choices=("soft", "hard"), default=DISTILL_DEFAULTS["kd"],
                    help="online-kd/deit distillation: soft (KL at --kd-tau, x tau^2; deit: the stored distribution) or hard (CE on the teacher's top-1)")
     g.add_argument("--kd-alpha", type=float, default=DISTILL_DEFAULTS["kd_alpha"],
@@ -119,14 +128,41 @@ def build_parser() -> argparse.ArgumentParser:
                         "for top-K schemes (their tail outside the top K was filled in by the decoder, not the teacher). "
                         "Not with --kd hard (default 1; DeiT soft: 3)")
     g.add_argument("--teacher-input-size", type=int, metavar="PIXELS",
-                   help="online-kd: side length the crops are resized to for the teacher (default: the first teacher's own; teacher options below)")
+                   help="online-kd/online-fd: side length the crops are resized to for the teacher (default: the first teacher's own; teacher options below)")
     g.add_argument("--mixup", type=float,
-                   help="Mixup Beta alpha (0 = off, the default unless --aug-level sets it); mixes the soft targets with the same lambda")
+                   help="Mixup Beta alpha (0 = off, the default unless --aug-level sets it); mixes the soft targets with the same lambda "
+                        "(stored embeddings too, linearly: an approximation, the teacher never saw the mixed image; online-fd's "
+                        "teacher does)")
     g.add_argument("--cutmix", type=float, default=0.0, help="CutMix Beta alpha (0 = off); lambda corrected by the clipped box area")
     g.add_argument("--mixup-prob", type=float, default=1.0, help="probability of mixing a batch (default 1)")
     g.add_argument("--mixup-switch-prob", type=float, default=0.5,
                    help="probability of CutMix instead of Mixup when both are on, as in timm (default 0.5); the official FKD code's "
                         "switch prob means the opposite: there 1.0 is Mixup only")
+
+    g = p.add_argument_group(
+        "feature distillation",
+        "--embed-store trains the student's pre-logits features, through a projector, towards the stored teacher\n"
+        "embeddings (--mode fkd; with --store too, soft labels and embeddings of the same crops together); --mode\n"
+        "online-fd runs the teacher every step instead. Without --store or --gt-weight the student's classifier gets\n"
+        "no signal: its val top-1 stays at chance and best.pth follows it, so use last.pth (to fine-tune or probe).\n"
+        "Checkpoints keep the student as plain timm weights; the projector is saved apart (projector.pth, and in\n"
+        "each checkpoint under 'projector').",
+    )
+    g.add_argument("--embed-store", metavar="PATH",
+                   help="embedding store (fkd-labelgen --target embedding); with --store it must hold the same images, boxes and flips")
+    g.add_argument("--embed-loss", choices=EMBED_LOSSES, default=FEATURE_DEFAULTS["embed_loss"],
+                   help="smooth-l1 (default, FD's: target whitened by a LayerNorm without affine over D, beta 2.0); cosine: 1 - "
+                        "cos; mse: on the target as stored")
+    g.add_argument("--embed-weight", type=float, default=FEATURE_DEFAULTS["embed_weight"], metavar="LAMBDA",
+                   help="weight of the feature loss; the stored labels' CE has weight 1 (default 1)")
+    g.add_argument("--projector", choices=PROJECTORS, default=FEATURE_DEFAULTS["projector"],
+                   help="student features -> teacher's D: linear (default; a 1x1 convolution on feature maps) or mlp (two layers, "
+                        "hidden width D, GELU)")
+    g.add_argument("--embedding-from", metavar="SOURCE", default=FEATURE_DEFAULTS["embedding_from"],
+                   help="online-fd: the teacher's features to distill: feature-map (default, FD: timm forward_features, whitened per "
+                        "position, the student's map through a 1x1 convolution, average-pooled to the teacher's size when they "
+                        "differ), or a vector as fkd-labelgen --target embedding stores it (pre-logits, pooled, or a module name), "
+                        "learnt by the student's pre-logits through --projector: the online counterpart of such a store")
 
     add_teacher_args(p)
     share_teacher_options(p)

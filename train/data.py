@@ -4,8 +4,9 @@ FKD's speed comes from here: the teacher's work is in the store, and one JPEG de
 A planner decides the n crops of an image for an epoch:
 
 - ``StoreCropPlanner`` (modes fkd, deit): n of the M stored crops, without replacement, fresh each
-  epoch, with their stored payload. Replaying a stored box + flip gives the pixels its label
-  describes (the teacher saw the same box, resized to its own input size).
+  epoch, with their stored payload (soft labels, embeddings, or both from two stores of the same
+  crops). Replaying a stored box + flip gives the pixels its label describes (the teacher saw the
+  same box, resized to its own input size).
 - ``RandomCropPlanner`` (modes supervised, online-kd): n fresh RandomResizedCrop boxes + flips per
   image and epoch, from the same sampler the label generator uses, so baselines see the same crop
   distribution.
@@ -19,10 +20,10 @@ where normalization, target decoding and mixup happen.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from torchvision.transforms.v2 import functional as TF
 from fkd.crops import CropParams, boxes_to_fixed, parse_interpolation, replay_fixed, sample_crops
 from fkd.images import ImageList, check_fingerprint, load_image, read_image
 from fkd.sources import FolderSource, ImageSource
-from fkd.store import LabelStore
+from fkd.store import ImageLabels, LabelStore
 
 from .augment import CropAugment, seeded_rngs
 from .errors import DataMismatchError, SetupError
@@ -43,10 +44,16 @@ def derived_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
+PAYLOAD_FIELDS: tuple[str, ...] = ("indices", "values", "embedding", "scales")
+"""The stored payload arrays a crop can carry (``fkd.store`` layouts' ``payload_names``): soft labels
+(``indices``, ``values``) and embeddings (``embedding``, int8 ``scales``); None where absent. Every
+step from plan to device batch carries them by these names, and the mode decodes them on the device."""
+
+
 @dataclass
 class CropPlan:
     """The n crops to cut from one image: fixed-point boxes (n, 4) relative to the image size,
-    flips (n,), which of the image's crops they are (n,), the stored payload rows (n, k), and the
+    flips (n,), which of the image's crops they are (n,), the stored payload rows (n, ...), and the
     fingerprint the image file must have (None: not checked)."""
 
     boxes_fixed: np.ndarray
@@ -55,6 +62,8 @@ class CropPlan:
     indices: "np.ndarray | None" = None
     values: "np.ndarray | None" = None
     fingerprint: "int | None" = None  # the image file's CRC-32 the labels were made from, to check
+    embedding: "np.ndarray | None" = None
+    scales: "np.ndarray | None" = None
 
 
 class CropPlanner(Protocol):
@@ -109,11 +118,16 @@ class StoreCropPlanner:
     when the store records them) and same size. ``allow_resized`` accepts a resized copy instead
     (boxes are fractions of the image size, so they map onto it; its bytes differ, so fingerprints
     are not checked). ``check_fingerprints=False`` exists for the loader benchmark.
+
+    ``paired``: a second store of the same crops (an embedding store beside a label store, checked
+    up front by ``preflight.check_paired_stores``); each plan takes both stores' payloads, after
+    checking that the two records hold the same boxes and flips (a cheap comparison per read, so a
+    store whose crops differ can never pair a label with another crop's embedding).
     """
 
     def __init__(
         self, store: LabelStore, crops_per_image: int, seed: int, allow_resized: bool = False, check_fingerprints: bool = True,
-        order: str = "cycle",
+        order: str = "cycle", paired: "LabelStore | None" = None,
     ):
         if not 1 <= crops_per_image <= store.meta.num_crops:
             raise SetupError(
@@ -127,7 +141,10 @@ class StoreCropPlanner:
         self.check_fingerprints = check_fingerprints and not allow_resized
         self.image_ids = list(store.image_ids)
         self.labels = store.labels
-        store.close()  # DataLoader workers fork from here: no HDF5 handle may be open (they reopen lazily).
+        self.paired = paired
+        for opened in (store, paired):
+            if opened is not None:
+                opened.close()  # DataLoader workers fork from here: no HDF5 handle may be open (they reopen lazily).
 
     def plan(self, index: int, epoch: int, height: int, width: int) -> CropPlan:
         rec = self.store.read(index)
@@ -137,12 +154,19 @@ class StoreCropPlanner:
                 f"{rec.height}x{rec.width}; use the data the store was made from, or pass --allow-resized"
             )
         chosen = stored_crop_choice(len(rec.flips), self.crops_per_image, self.seed, epoch, index, self.order)
-        return CropPlan(
-            rec.boxes_fixed[chosen], rec.flips[chosen], chosen,
-            None if rec.indices is None else rec.indices[chosen],
-            None if rec.values is None else rec.values[chosen],
-            rec.fingerprint if self.check_fingerprints else None,
-        )
+        records = [rec] if self.paired is None else [rec, self._paired_record(rec)]
+        payload = {name: getattr(r, name)[chosen] for r in records for name in PAYLOAD_FIELDS if getattr(r, name) is not None}
+        return CropPlan(rec.boxes_fixed[chosen], rec.flips[chosen], chosen, fingerprint=rec.fingerprint if self.check_fingerprints else None,
+                        **payload)
+
+    def _paired_record(self, rec: ImageLabels) -> ImageLabels:
+        other = self.paired.read(rec.index)
+        if not (np.array_equal(other.boxes_fixed, rec.boxes_fixed) and np.array_equal(other.flips, rec.flips)):
+            raise DataMismatchError(
+                f"{rec.image_id}: the label store and the embedding store hold other crops of this image (boxes or flips "
+                "differ): make both with the same crop settings and seed"
+            )
+        return other
 
 
 class RandomCropPlanner:
@@ -164,7 +188,7 @@ class RandomCropPlanner:
 
 @dataclass
 class CropSample:
-    """One image's n crops: uint8 pixels (n, 3, s, s), payload (n, k) or None, label, store index."""
+    """One image's n crops: uint8 pixels (n, 3, s, s), payload (n, ...) or None, label, store index."""
 
     images: torch.Tensor
     indices: "torch.Tensor | None"
@@ -172,6 +196,8 @@ class CropSample:
     label: int
     index: int
     crop_ids: torch.Tensor
+    embedding: "torch.Tensor | None" = None
+    scales: "torch.Tensor | None" = None
 
 
 class MultiCropDataset(Dataset):
@@ -199,24 +225,37 @@ class MultiCropDataset(Dataset):
 
     def __getitem__(self, key: "tuple[int, int]") -> CropSample:
         epoch, index = key
-        location = self.source.locate(self.planner.image_ids[index])
-        loaded = read_image(location)
-        image = loaded.pixels
-        height, width = image.shape[-2:]
-        plan = self.planner.plan(index, epoch, height, width)
-        check_fingerprint(location, loaded.fingerprint, plan.fingerprint)
+        image, plan = self.decode(epoch, index)
         crops = replay_fixed(image, plan.boxes_fixed, plan.flips, self.size, self.interpolation)
         if self.augment is not None:
             with seeded_rngs(derived_seed(self.seed, epoch, index, 1)):
                 crops = torch.stack([self.augment(c) for c in crops])
-        return CropSample(
-            images=crops,
-            indices=None if plan.indices is None else torch.from_numpy(plan.indices.astype(np.int32)),
-            values=None if plan.values is None else torch.from_numpy(np.ascontiguousarray(plan.values)),
-            label=int(self.planner.labels[index]),
-            index=index,
-            crop_ids=torch.from_numpy(np.asarray(plan.crop_ids, dtype=np.int64)),
-        )
+        return CropSample(images=crops, **self.targets(plan, index))
+
+    def decode(self, epoch: int, index: int) -> tuple[torch.Tensor, CropPlan]:
+        """The decoded image (its fingerprint checked against the plan's) and its crops this epoch."""
+        location = self.source.locate(self.planner.image_ids[index])
+        loaded = read_image(location)
+        height, width = loaded.pixels.shape[-2:]
+        plan = self.planner.plan(index, epoch, height, width)
+        check_fingerprint(location, loaded.fingerprint, plan.fingerprint)
+        return loaded.pixels, plan
+
+    def targets(self, plan: CropPlan, index: int) -> dict[str, Any]:
+        """What a sample carries besides pixels: stored payload rows (``indices`` as int32, torch
+        having no uint16 arithmetic; the others as stored), label, image and crop ids."""
+        return {
+            **{name: _payload_tensor(name, getattr(plan, name)) for name in PAYLOAD_FIELDS},
+            "label": int(self.planner.labels[index]),
+            "index": index,
+            "crop_ids": torch.from_numpy(np.asarray(plan.crop_ids, dtype=np.int64)),
+        }
+
+
+def _payload_tensor(name: str, array: "np.ndarray | None") -> "torch.Tensor | None":
+    if array is None:
+        return None
+    return torch.from_numpy(array.astype(np.int32) if name == "indices" else np.ascontiguousarray(array))
 
 
 @dataclass
@@ -229,6 +268,8 @@ class CropBatch:
     labels: torch.Tensor
     image_index: torch.Tensor
     crop_ids: torch.Tensor
+    embedding: "torch.Tensor | None" = None
+    scales: "torch.Tensor | None" = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -245,15 +286,19 @@ class CropBatch:
 
 
 def collate_crops(samples: list[CropSample]) -> CropBatch:
-    n = [s.images.shape[0] for s in samples]
-    return CropBatch(
-        images=torch.cat([s.images for s in samples]),
-        indices=None if samples[0].indices is None else torch.cat([s.indices for s in samples]),
-        values=None if samples[0].values is None else torch.cat([s.values for s in samples]),
-        labels=torch.repeat_interleave(torch.tensor([s.label for s in samples], dtype=torch.int64), torch.tensor(n)),
-        image_index=torch.tensor([s.index for s in samples], dtype=torch.int64),
-        crop_ids=torch.cat([s.crop_ids for s in samples]),
-    )
+    return CropBatch(images=torch.cat([s.images for s in samples]), **collate_targets(samples))
+
+
+def collate_targets(samples: "Sequence[Any]") -> dict[str, "torch.Tensor | None"]:
+    """The non-pixel fields of a batch from samples carrying ``MultiCropDataset.targets``: payload
+    rows and crop ids concatenated, labels repeated per crop."""
+    n = [len(s.crop_ids) for s in samples]
+    return {
+        **{name: None if getattr(samples[0], name) is None else torch.cat([getattr(s, name) for s in samples]) for name in PAYLOAD_FIELDS},
+        "labels": torch.repeat_interleave(torch.tensor([s.label for s in samples], dtype=torch.int64), torch.tensor(n)),
+        "image_index": torch.tensor([s.index for s in samples], dtype=torch.int64),
+        "crop_ids": torch.cat([s.crop_ids for s in samples]),
+    }
 
 
 class EpochSampler(DistributedSampler):

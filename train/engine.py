@@ -73,6 +73,7 @@ class Trainer:
     mixer: "SoftTargetMixup | None" = None
     eraser: "Callable[[torch.Tensor], torch.Tensor] | None" = None
     ema: "nn.Module | None" = None
+    student: "nn.Module | None" = None  # what the EMA averages when ``model`` wraps more (a projector); default unwrap(model)
     amp_dtype: "torch.dtype | None" = None
     channels_last: bool = False
     clip_grad: "float | None" = None
@@ -130,7 +131,7 @@ def train_one_epoch(
         t.scaler.step(t.optimizer)
         t.scaler.update()
         if t.ema is not None:
-            t.ema.update(unwrap(t.model), step=num_updates + 1)
+            t.ema.update(unwrap(t.model) if t.student is None else t.student, step=num_updates + 1)
         loss_sum += loss.detach().double() * len(batch)
         samples += len(batch)
         images += len(batch.image_index)

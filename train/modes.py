@@ -8,6 +8,7 @@ online-kd, the mixed images in [0, 1]) into a scalar.
 - ``supervised``: (smoothed) one-hot ground truth; soft-target cross-entropy.
 - ``online-kd``: ground truth, plus the teacher run on the same mixed crops in the loop;
   ``(1 - alpha) * CE + alpha * KD`` (soft: tau^2 KL at tau, hard: CE on the teacher's argmax).
+- ``fkd`` with embeddings, ``online-fd``: feature distillation, in ``feature_modes``.
 - ``deit``: ground truth for the class head and the stored labels for the distillation head,
   mixed together as one (B*n, 2C) target so both get the same lambda; soft distillation at
   ``tau != 1`` re-tempers the stored probabilities (see ``DeiTMode``).
@@ -38,6 +39,13 @@ def one_hot_targets(labels: torch.Tensor, num_classes: int, smoothing: float) ->
     off = smoothing / num_classes
     dense = torch.full((labels.shape[0], num_classes), off, dtype=torch.float32, device=labels.device)
     return dense.scatter_(1, labels.view(-1, 1), 1.0 - smoothing + off)
+
+
+def resize_for_teacher(images: torch.Tensor, size: "tuple[int, int]") -> torch.Tensor:
+    """The student's (mixed) crops in [0, 1] at the teacher's input size (antialiased bilinear)."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
 
 
 class FKDMode:
@@ -93,9 +101,7 @@ class OnlineKDMode(SupervisedMode):
 
     @torch.no_grad()
     def teacher_probs(self, images: torch.Tensor) -> torch.Tensor:
-        if tuple(images.shape[-2:]) != self.teacher_size:
-            images = F.interpolate(images, size=self.teacher_size, mode="bilinear", align_corners=False, antialias=True)
-        return self.teacher(images).float()
+        return self.teacher(resize_for_teacher(images, self.teacher_size)).float()
 
     def loss(self, output: torch.Tensor, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.criterion(output, targets, self.teacher_probs(images))

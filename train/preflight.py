@@ -3,7 +3,8 @@
 A store trained against the wrong images trains happily on wrong labels, so mismatches are refused
 up front, naming what differs: image ids missing under --data, labels or class names that differ,
 another class count than the model's, image files other than those labelled (fingerprints) or of
-another size than the crops were drawn on.
+another size than the crops were drawn on; a label store and an embedding store used together that
+do not describe the same crops.
 (An incomplete store is already refused by ``LabelStore``.)
 """
 
@@ -107,3 +108,38 @@ def check_labels_known(labels: np.ndarray, ids: list[str], source: str, mode: st
     unknown = [ids[i] for i in np.flatnonzero(labels == UNKNOWN_LABEL)]
     if unknown:
         raise DataMismatchError(f"--mode {mode} needs ground-truth labels, but {len(unknown)} images of {source} have none (e.g. {_examples(unknown)})")
+
+
+PAIRED_SETTINGS = ("num_crops", "seed", "crop_scale", "crop_ratio", "flip_prob", "num_classes", "class_names", "class_map")
+"""Metadata a label store and an embedding store used together must share: the crop settings that
+decide every box and flip (``fkd.crops.sample_crops``) and the class space."""
+
+
+def check_paired_stores(labels: LabelStore, embeddings: LabelStore) -> None:
+    """Refuse (one line) a label store and an embedding store that do not describe the same crops:
+    the same crop settings and classes, the same image ids in the same order with the same sizes and
+    labels, and, on SIZE_CHECK_IMAGES images spread over the stores, the same boxes, flips and image
+    fingerprints (where both record them). ``StoreCropPlanner`` compares every image's boxes and
+    flips again as it reads them, so a difference elsewhere still fails the run, never pairs a label
+    with another crop's embedding."""
+    differ = [name for name in PAIRED_SETTINGS if getattr(labels.meta, name) != getattr(embeddings.meta, name)]
+    if differ:
+        shown = ", ".join(f"{n} {getattr(labels.meta, n)!r} vs {getattr(embeddings.meta, n)!r}" for n in differ[:3])
+        raise DataMismatchError(f"--store and --embed-store were not made with the same crops or classes ({shown}): make both from one setting")
+    ids = (labels.image_ids, embeddings.image_ids)
+    if ids[0] != ids[1]:
+        diff = [f"{a!r} vs {b!r}" for a, b in zip(*ids) if a != b] or [f"{len(ids[0])} vs {len(ids[1])} images"]
+        raise DataMismatchError(f"--store and --embed-store hold other images ({_examples(diff, 3)}): make both from the same data")
+    for name in ("image_sizes", "labels"):
+        wrong = np.flatnonzero(np.any((getattr(labels, name) != getattr(embeddings, name)).reshape(len(ids[0]), -1), axis=1))
+        if len(wrong):
+            raise DataMismatchError(f"--store and --embed-store disagree on the {name.replace('_', ' ')} of {len(wrong)} images "
+                                    f"(e.g. {_examples([ids[0][i] for i in wrong])})")
+    for i in np.unique(np.linspace(0, len(ids[0]) - 1, min(SIZE_CHECK_IMAGES, len(ids[0]))).astype(int)):
+        a, b = labels.read(int(i)), embeddings.read(int(i))
+        same_crops = np.array_equal(a.boxes_fixed, b.boxes_fixed) and np.array_equal(a.flips, b.flips)
+        same_print = a.fingerprint is None or b.fingerprint is None or a.fingerprint == b.fingerprint
+        if not (same_crops and same_print):
+            what = "image fingerprints" if same_crops else "boxes or flips"
+            raise DataMismatchError(f"{a.image_id}: --store and --embed-store hold other {what} for this image: make both from the same "
+                                    "images with the same crop settings and seed")

@@ -11,7 +11,6 @@ import json
 import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,26 +22,22 @@ from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from fkd.crops import DEFAULT_RATIO, DEFAULT_SCALE, CropParams
-from fkd.images import ImageList, list_images
-from fkd.sources import ImageSource
-from fkd.tars import is_tar_data
-from fkd.store import LabelStore
-from fkd.teachers import create_teacher
+from fkd.images import ImageList
 
 from .aug_levels import apply_aug_level
 from .augment import build_crop_augment, build_eraser
 from .checkpoint import CheckpointSaver, Progress, TrainingState, build_checkpoint, load_checkpoint, resolve_resume, rng_state
-from .data import EpochSampler, EvalDataset, MultiCropDataset, RandomCropPlanner, StoreCropPlanner, collate_crops, derived_seed, shard_indices
+from .data import EpochSampler, EvalDataset, MultiCropDataset, derived_seed, shard_indices
+from .device_replay import training_dataset
 from .distributed import DistInfo, all_gather_objects, barrier, init_distributed, shutdown
 from .engine import EvalStats, Normalizer, Trainer, evaluate, train_one_epoch
 from .errors import SetupError
 from .mixup import SoftTargetMixup
-from .mode_names import STORE_MODES
-from .modes import DeiTMode, FKDMode, OnlineKDMode, SupervisedMode, TrainMode
 from .options import check_args
 from .output import OutputDir
-from .preflight import check_labels_known, check_num_classes, check_store_matches_data, in_store_classes
+from .preflight import check_labels_known, in_store_classes
+from .projector import FeatureStudent
+from .run_setup import TrainData, build_feature_projector, build_mode, list_data, prepare_train_data
 from .runlog import RunLog
 from .student import StudentDataConfig, create_student, parse_model_kwargs, student_data_config
 
@@ -86,87 +81,19 @@ def resolve_amp(amp: str, device: torch.device) -> "torch.dtype | None":
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
-def list_data(path: "str | None", flag: str) -> ImageList:
-    if not path:
-        raise SetupError(f"{flag} is required")
-    if not Path(path).exists() and not is_tar_data(path):
-        raise SetupError(f"{flag} {path}: no such directory or list file")
-    try:
-        return list_images(path)
-    except (OSError, ValueError) as exc:  # OSError: a missing tar shard
-        raise SetupError(f"{flag} {path}: {exc}") from None
-
-
-@dataclass
-class TrainData:
-    """The training images and how their crops are planned, with the class count they imply."""
-
-    source: ImageSource
-    planner: Any
-    num_classes: int
-    interpolation: "str | None"
-    store: "LabelStore | None"
-    warnings: list[str]
-
-
-def prepare_train_data(args: argparse.Namespace) -> TrainData:
-    store = LabelStore(args.store) if args.store else None
-    images = in_store_classes(list_data(args.data, "--data"), store, "--data")
-    if args.mode in STORE_MODES:
-        assert store is not None
-        num_classes = check_num_classes(store.meta.num_classes, args.num_classes)
-        warnings = check_store_matches_data(store, images, args.allow_resized)
-        if args.mode == "deit" or args.gt_weight > 0:
-            check_labels_known(store.labels, store.image_ids, "the store", f"{args.mode} --gt-weight" if args.mode == "fkd" else args.mode)
-        planner = StoreCropPlanner(store, args.crops_per_image, args.seed, args.allow_resized, order=args.stored_crops)
-        return TrainData(images.source, planner, num_classes, store.meta.interpolation, store, warnings)
-    check_labels_known(images.labels, images.image_ids, "--data", args.mode)
-    num_classes = args.num_classes or len(images.class_names)
-    if int(images.labels.max()) >= num_classes:
-        raise SetupError(f"--data has labels up to {int(images.labels.max())} but the model has {num_classes} classes")
-    scale = tuple(args.crop_scale) if args.crop_scale else (store.meta.crop_scale if store else DEFAULT_SCALE)
-    ratio = store.meta.crop_ratio if store else DEFAULT_RATIO
-    try:
-        params = CropParams(scale=scale, ratio=ratio)
-    except ValueError as exc:
-        raise SetupError(f"--crop-scale: {exc}") from None
-    planner = RandomCropPlanner(images, args.crops_per_image, args.seed, params)
-    return TrainData(images.source, planner, num_classes, None, store, [])
-
-
-def build_mode(args: argparse.Namespace, data: TrainData, device: torch.device) -> TrainMode:
-    if args.mode == "fkd":
-        return FKDMode(data.store.meta.scheme, data.num_classes, args.gt_weight, args.smoothing)
-    if args.mode == "deit":
-        return DeiTMode(data.store.meta.scheme, data.num_classes, args.smoothing, args.kd, args.kd_alpha, args.kd_tau)
-    if args.mode == "supervised":
-        return SupervisedMode(data.num_classes, args.smoothing)
-    try:
-        teacher = create_teacher(
-            names=args.teacher or [], checkpoints=args.checkpoint, module=args.teacher_module, num_classes=data.num_classes,
-            pretrained=args.teacher_pretrained, temperature=1.0, input_size=args.teacher_input_size, device=device,
-            precision=args.teacher_precision,
-        )
-    except ValueError as exc:  # TeacherError, or a factory refusing its arguments
-        raise SetupError(f"teacher: {exc}") from None
-    if teacher.num_classes != data.num_classes:
-        raise SetupError(f"the teacher has {teacher.num_classes} classes but the student is trained on {data.num_classes}")
-    return OnlineKDMode(teacher, data.num_classes, args.smoothing, args.kd, args.kd_alpha, args.kd_tau)
-
-
 def build_loaders(
     args: argparse.Namespace, data: TrainData, cfg: StudentDataConfig, val_images: "ImageList | None", info: DistInfo
 ) -> tuple[MultiCropDataset, EpochSampler, DataLoader, "DataLoader | None"]:
     """Training loader (B images -> B*n crops, this rank's part of the images) and the sharded
     validation loader. Loader generators are seeded so they draw nothing from the global RNG."""
-    dataset = MultiCropDataset(
-        data.source, data.planner, cfg.input_size, args.interpolation or data.interpolation or cfg.interpolation,
-        build_crop_augment(args.color_jitter, args.randaugment), args.seed,
+    dataset, collate = training_dataset(
+        args.replay_device, info.device, data.source, data.planner, cfg.input_size,
+        args.interpolation or data.interpolation or cfg.interpolation, build_crop_augment(args.color_jitter, args.randaugment), args.seed,
     )
     sampler = EpochSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=args.seed)
     pin = info.device.type == "cuda"
     loader = DataLoader(
-        dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers, collate_fn=collate_crops,
+        dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers, collate_fn=collate,
         pin_memory=pin, persistent_workers=args.workers > 0, generator=torch.Generator().manual_seed(args.seed),
     )
     if val_images is None:
@@ -245,13 +172,18 @@ def _run(args: argparse.Namespace, info: DistInfo, output_dir: OutputDir) -> Non
 
     dataset, sampler, loader, val_loader = build_loaders(args, data, cfg, val_images, info)
     mode = build_mode(args, data, device)
-    optimizer, scheduler, scaler = build_optimization(args, model, len(loader), amp_dtype, device)
+    projector = build_feature_projector(args, model, mode, cfg.input_size, device)
+    trained = model if projector is None else FeatureStudent(model, projector)  # the student alone is evaluated, averaged and saved as such
+    optimizer, scheduler, scaler = build_optimization(args, trained, len(loader), amp_dtype, device)
     ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
-    train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if info.distributed else model
+    # Feature modes may leave parameters without gradient (the classifier without --gt-weight, the head of a map student).
+    train_model = DistributedDataParallel(
+        trained, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=projector is not None
+    ) if info.distributed else trained
     if args.compile:
         train_model = torch.compile(train_model)
 
-    state = TrainingState(model, optimizer, scheduler, scaler, ema)
+    state = TrainingState(model, optimizer, scheduler, scaler, ema, projector)
     progress = Progress()
     if resume_path is not None:
         try:
@@ -266,12 +198,12 @@ def _run(args: argparse.Namespace, info: DistInfo, output_dir: OutputDir) -> Non
     trainer = Trainer(
         train_model, mode, optimizer, scheduler, scaler, normalizer, info, len(loader),
         mixer=build_mixer(args), eraser=build_eraser(args.reprob, args.remode, args.recount, device),
-        ema=ema, amp_dtype=amp_dtype, channels_last=channels_last, clip_grad=args.clip_grad, clip_mode=args.clip_mode, log_every=args.log_every,
+        ema=ema, student=model, amp_dtype=amp_dtype, channels_last=channels_last, clip_grad=args.clip_grad, clip_mode=args.clip_mode, log_every=args.log_every,
     )
     crops_per_rank = len(sampler) * args.crops_per_image
     _log(
         info,
-        f"fkd-train: mode {args.mode}, {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params) on {device} x{info.world_size}, "
+        f"fkd-train: mode {args.mode}{'' if projector is None else ', ' + projector.describe()}, {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params) on {device} x{info.world_size}, "
         f"{len(dataset)} images x {args.crops_per_image} crops at {cfg.input_size}px, {len(loader)} steps/epoch of "
         f"{args.batch_size} images, {args.epochs} epochs, output {output}",
     )

@@ -39,6 +39,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from fkd.images import list_images, load_image  # noqa: E402
 from fkd.teachers import create_teacher  # noqa: E402
+from train.mode_names import DISTILL_MODES, STORE_MODES  # noqa: E402
 
 RECIPE = REPO_ROOT / "configs" / "bench-cifar10.yaml"
 SCHEMES: tuple[tuple[str, int], ...] = (
@@ -51,7 +52,9 @@ ABLATION_CROPS = (1, 2, 4, 8)
 @dataclass(frozen=True)
 class Run:
     """One fkd-train run: a mode (and scheme), crops per image, seed; for fkd also the store's M
-    (None: the setting's), the ground-truth weight and the stored-crop order."""
+    (None: the setting's), the ground-truth weight and the stored-crop order. The ViT block
+    (bench_vit.py) also sets the recipe, the distillation flags of online-kd / deit (``--kd`` names
+    the run), flags of its own and a fixed epoch count; their defaults give the CNN runs' argv."""
 
     mode: str
     scheme: "str | None"
@@ -61,10 +64,15 @@ class Run:
     store_crops: "int | None" = None
     gt_weight: float = 0.0
     stored_crops: str = "cycle"
+    recipe: Path = RECIPE
+    kd: tuple[str, ...] = ("--kd-alpha", "1.0")  # online-kd: pure soft KD (--kd soft, --kd-tau 1: the defaults)
+    extra: tuple[str, ...] = ()
+    epochs: "int | None" = None  # None: the equal-work schedule's
 
     @property
     def name(self) -> str:
-        label = self.mode if self.scheme is None else f"fkd-{self.scheme}" + (f"-k{self.top_k}" if self.scheme.startswith("marginal") else "")
+        label = self.mode if self.scheme is None else f"{self.mode}-{self.scheme}" + (f"-k{self.top_k}" if self.scheme.startswith("marginal") else "")
+        label += f"-{self.kd[self.kd.index('--kd') + 1]}" if "--kd" in self.kd and self.mode in DISTILL_MODES else ""
         extra = (f"-M{self.store_crops}" if self.store_crops else "") + (f"-gt{self.gt_weight:g}" if self.gt_weight else "")
         extra += "-random" if self.stored_crops != "cycle" else ""
         return f"{label}{extra}-n{self.crops}"
@@ -88,14 +96,18 @@ def schedule(crops_per_image: int, samples_per_step: int, epoch_unit: int, image
 def train(run: Run, args: argparse.Namespace, setting: LabelSetting, data: Path, test: Path, root: Path) -> dict:
     """Run fkd-train (or reuse a finished run of the same settings) and read its log."""
     plan = schedule(run.crops, args.samples_per_step, args.epoch_unit, len(list_images(data)))
+    if run.epochs:
+        plan = replace(plan, epochs=run.epochs, steps=plan.steps // plan.epochs * run.epochs)
     images_per_step, epochs = plan.images_per_step, plan.epochs
     out = root / f"{run.name}-seed{run.seed}"
-    argv = [script("fkd-train"), "-c", str(RECIPE), "--mode", run.mode, "--data", str(data), "--val-data", str(test),
+    argv = [script("fkd-train"), "-c", str(run.recipe), "--mode", run.mode, "--data", str(data), "--val-data", str(test),
             "--output", str(out), "--seed", str(run.seed), "--epochs", str(epochs), "--batch-size", str(images_per_step),
-            "--crops-per-image", str(run.crops)]
+            "--crops-per-image", str(run.crops), *run.extra]
     if run.mode == "online-kd":
-        argv += ["--teacher-module", KERAS_TEACHER, "--kd-alpha", "1.0"]  # pure soft KD (--kd soft, --kd-tau 1: the defaults)
-    if run.mode == "fkd":
+        argv += ["--teacher-module", KERAS_TEACHER]
+    if run.mode in DISTILL_MODES:
+        argv += list(run.kd)
+    if run.mode in STORE_MODES and run.scheme is not None:  # fkd without a scheme: embeddings only (bench_fd.py)
         store_setting = replace(setting, crops=run.store_crops) if run.store_crops else setting
         argv += ["--store", str(converted_store(store_setting, run.scheme, run.top_k)), "--stored-crops", run.stored_crops]
         argv += ["--gt-weight", str(run.gt_weight)] if run.gt_weight else []
@@ -231,7 +243,13 @@ def main() -> None:
     parser.add_argument("--scale", action="store_true",
                         help="the scale block (bench_scale.py): 1,000 train images per class, 2,504 steps of 128 crops, 2 seeds, "
                         "M=32 vs 128 and what closes the gap to online KD (hours on 2 cores; --jobs 2 runs two at once)")
-    parser.add_argument("--jobs", type=int, default=1, help="training runs at once, each with --threads threads (--scale only)")
+    parser.add_argument("--vit", action="store_true",
+                        help="the ViT block (bench_vit.py): DeiT's two claims and FKD with a ViT student, 8 rows x --seeds, 313 steps each "
+                        "on the scale block's 10,000 images and M=32 labels (see its docstring for the time)")
+    parser.add_argument("--fd", action="store_true",
+                        help="the feature-distillation block (bench_fd.py): supervised, FKD labels, embedding store, both, online FD; 2 seeds")
+    parser.add_argument("--smoke", action="store_true", help="with --vit: every row for 3 steps on 80 images, 1 seed (checks it end to end)")
+    parser.add_argument("--jobs", type=int, default=1, help="training runs at once, each with --threads threads (--scale, --vit)")
     parser.add_argument("--quick", action="store_true",
                         help="128 train images per class, M=32, 200 test images per class, 1 seed, epoch unit 1 (< 10 min on 2 cores)")
     parser.add_argument("--per-class", type=int, default=256, help="train images per class (default 256)")
@@ -248,6 +266,16 @@ def main() -> None:
         from benchmarks.accuracy.bench_scale import run_scale
 
         return run_scale(args)
+    if args.vit:
+        from benchmarks.accuracy.bench_vit import run_vit
+
+        return run_vit(args)
+    if args.fd:
+        from benchmarks.accuracy.bench_fd import run_fd
+
+        return run_fd(args)
+    if args.smoke:
+        parser.error("--smoke is for --vit")
     args.out = args.out or result_path(__file__, args.quick)
     args.plot = args.plot or result_path(__file__, args.quick, 'accuracy', '.png')
     if args.quick:

@@ -1,8 +1,10 @@
 """Training throughput of fkd vs online-kd vs supervised with a heavy teacher and a light student.
 
 FKD exists because online distillation runs the teacher on every training crop. This measures what
-that costs, side by side in one run: ``fkd-train`` with the same student (timm ``resnet18`` at
-64x64), data (real CIFAR-10 images), crops, batch and number of steps in three modes:
+that costs, side by side in one run: ``fkd-train`` with the same student, data (real CIFAR-10
+images), crops, batch and number of steps in three modes, for two students: timm ``resnet18`` at
+64x64 and the ViT of configs/train-cifar10-vit-fkd.yaml (ViT-Tiny with 4 px patches at 32x32,
+the model, arguments and size read from that recipe):
 
 - ``supervised``: ground truth only (the floor: no teacher at all);
 - ``online-kd``: timm ``regnety_160`` (random weights: no internet; the cost is the same) runs on
@@ -11,7 +13,7 @@ that costs, side by side in one run: ``fkd-train`` with the same student (timm `
   which teacher made the stored labels does not change what a training step costs).
 
 Reported: training samples (crops) per second of the last epoch (the first one warms up the
-DataLoader and allocator), and the headline ratio fkd / online-kd.
+DataLoader and allocator), and per student the headline ratio fkd / online-kd.
 
     .venv/bin/python benchmarks/speed/bench_train_speed.py --quick    # < 10 min on 2 CPU cores
     .venv/bin/python benchmarks/speed/bench_train_speed.py
@@ -22,20 +24,51 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks.common import CACHE, LabelSetting, balanced_subset, converted_store, markdown_table, ratio, run_logged, result_path, save_result, script, threads_env  # noqa: E402
+import yaml
 
-STUDENT, STUDENT_SIZE, TEACHER = "resnet18", 64, "regnety_160"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.common import (  # noqa: E402
+    CACHE, REPO_ROOT, LabelSetting, balanced_subset, converted_store, markdown_table, ratio, run_logged, result_path, save_result, script,
+    threads_env,
+)
+
+TEACHER = "regnety_160"
+VIT_RECIPE = REPO_ROOT / "configs" / "train-cifar10-vit-fkd.yaml"
+
+
+@dataclass(frozen=True)
+class Student:
+    """A student of the comparison: timm name, extra timm arguments, input side."""
+
+    model: str
+    kwargs: tuple[str, ...]
+    size: int
+
+    @property
+    def label(self) -> str:
+        arguments = f" ({', '.join(self.kwargs)})" if self.kwargs else ""
+        return f"{self.model}{arguments} @ {self.size}px"
+
+
+def vit_student() -> Student:
+    """The CIFAR ViT recipe's student, as the recipe builds it."""
+    recipe = yaml.safe_load(VIT_RECIPE.read_text())
+    return Student(recipe["model"], tuple(recipe["model-kwargs"]), int(recipe["input-size"]))
+
+
+STUDENTS = (Student("resnet18", (), 64), vit_student())
 QUOTED = [{"what": "official FKD, ResNet-50, 8x V100, batch 1024: time per epoch", "figure": "FKD 486.77 s, vanilla (no KD) 579.36 s, ReLabel 762.11 s",
            "source": "github.com/szq0214/FKD, FKD/README.md 'Training Speed Comparison'"}]
 
 
-def train(mode: str, args: argparse.Namespace, data: Path, store: Path, root: Path) -> dict:
-    out = root / mode
-    argv = [script("fkd-train"), "--mode", mode, "--data", str(data), "--output", str(out), "--model", STUDENT,
-            "--input-size", str(STUDENT_SIZE), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+def train(student: Student, mode: str, args: argparse.Namespace, data: Path, store: Path, root: Path) -> dict:
+    out = root / student.model / mode
+    argv = [script("fkd-train"), "--mode", mode, "--data", str(data), "--output", str(out), "--model", student.model,
+            *(["--model-kwargs", *student.kwargs] if student.kwargs else []),
+            "--input-size", str(student.size), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
             "--crops-per-image", str(args.crops_per_image), "--workers", str(args.workers), "--crop-scale", "0.25", "1",
             "--no-progress", "--seed", "0"]
     if mode == "online-kd":
@@ -48,13 +81,21 @@ def train(mode: str, args: argparse.Namespace, data: Path, store: Path, root: Pa
     wall = run_logged(argv, out / "train.log", threads_env(args.threads))
     epochs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
     last = epochs[-1]
-    print(f"  {mode}: {last['samples_per_s']:.1f} samples/s (last epoch), {wall:.0f} s", flush=True)
-    return {"mode": mode, "samples_per_s": last["samples_per_s"], "images_per_s": last["images_per_s"],
+    print(f"  {student.model} {mode}: {last['samples_per_s']:.1f} samples/s (last epoch), {wall:.0f} s", flush=True)
+    return {"student": student.label, "mode": mode, "samples_per_s": last["samples_per_s"], "images_per_s": last["images_per_s"],
             "epoch_samples_per_s": [e["samples_per_s"] for e in epochs], "wall_seconds": wall, "steps_per_epoch": -(-last["images"] // args.batch_size)}
 
 
-COLUMNS = [("mode", "mode", ""), ("samples_per_s", "train samples/s", ".1f"), ("images_per_s", "images/s", ".1f"),
+COLUMNS = [("student", "student", ""), ("mode", "mode", ""), ("samples_per_s", "train samples/s", ".1f"), ("images_per_s", "images/s", ".1f"),
            ("vs_online_kd", "vs online-kd", ".1f"), ("vs_supervised", "vs supervised", ".2f"), ("wall_seconds", "wall s", ".0f")]
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Each row's samples/s over its own student's online-kd and supervised rows."""
+    by_key = {(r["student"], r["mode"]): r for r in rows}
+    for r in rows:
+        r["vs_online_kd"] = ratio(r["samples_per_s"], by_key[r["student"], "online-kd"]["samples_per_s"])
+        r["vs_supervised"] = ratio(r["samples_per_s"], by_key[r["student"], "supervised"]["samples_per_s"])
 
 
 def main() -> None:
@@ -76,19 +117,17 @@ def main() -> None:
     data = balanced_subset("train", args.per_class, setting.seed)
     store = converted_store(setting, "marginal-smoothing", 5)
     root = CACHE / "train_speed"
-    rows = [train(mode, args, data, store, root) for mode in ("supervised", "online-kd", "fkd")]
-    by_mode = {r["mode"]: r for r in rows}
-    for r in rows:
-        r["vs_online_kd"] = ratio(r["samples_per_s"], by_mode["online-kd"]["samples_per_s"])
-        r["vs_supervised"] = ratio(r["samples_per_s"], by_mode["supervised"]["samples_per_s"])
-    headline = by_mode["fkd"]["vs_online_kd"]
-    result = {"setting": {"student": f"{STUDENT} @ {STUDENT_SIZE}px", "teacher": f"{TEACHER} (random weights) @ {args.teacher_size}px",
+    rows = [train(student, mode, args, data, store, root) for student in STUDENTS for mode in ("supervised", "online-kd", "fkd")]
+    add_ratios(rows)
+    headlines = {r["student"]: r["vs_online_kd"] for r in rows if r["mode"] == "fkd"}
+    result = {"setting": {"student": "; ".join(s.label for s in STUDENTS), "teacher": f"{TEACHER} (random weights) @ {args.teacher_size}px",
                           "images": args.per_class * 10, "epochs": args.epochs, "batch_size": args.batch_size,
                           "crops_per_image": args.crops_per_image, "workers": args.workers, "threads": args.threads, "quick": args.quick},
-              "rows": rows, "fkd_over_online_kd": headline, "quoted": QUOTED}
-    print(f"\nTraining throughput, {STUDENT} @ {STUDENT_SIZE}px student, {TEACHER} @ {args.teacher_size}px teacher (online-kd only):")
+              "rows": rows, "fkd_over_online_kd_per_student": headlines, "quoted": QUOTED}
+    print(f"\nTraining throughput, {TEACHER} @ {args.teacher_size}px teacher (online-kd only):")
     print(markdown_table(rows, COLUMNS))
-    print(f"headline: fkd / online-kd = {headline:.1f}x samples/s")
+    for student, value in headlines.items():
+        print(f"headline, {student}: fkd / online-kd = {value:.1f}x samples/s")
     save_result(args.out, result)
 
 

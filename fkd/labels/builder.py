@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from fkd.images import ImageEntry, ImageList
 from fkd.store import (
-    MANIFEST_NAME, ImageLabels, LabelStore, Manifest, RecordLayout, ShardData, StoreMeta, compress_records, open_for_writing,
+    MANIFEST_NAME, ImageLabels, LabelStore, Manifest, PayloadLayout, ShardData, StoreMeta, compress_records, open_for_writing,
     remove_store, store_lock, write_shard,
 )
 
@@ -69,12 +69,13 @@ def write_store(out: "str | Path", meta: StoreMeta, records: Iterable[ImageLabel
     return manifest
 
 
-def _shard_data(layout: RecordLayout, records: list[ImageLabels]) -> ShardData:
+def _shard_data(layout: PayloadLayout, records: list[ImageLabels]) -> ShardData:
     def stacked(name: str) -> "np.ndarray | None":
         arrays = [getattr(r, name) for r in records]
         return None if arrays[0] is None else np.stack(arrays)
 
-    compressed = compress_records(layout, stacked("boxes_fixed"), stacked("flips"), stacked("indices"), stacked("values"))
+    payload = (stacked(name) for name in layout.payload_names)
+    compressed = compress_records(layout, stacked("boxes_fixed"), stacked("flips"), *payload)
     return ShardData(
         image_ids=[r.image_id for r in records],
         labels=np.array([r.label for r in records], dtype=np.int64),

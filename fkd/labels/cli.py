@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fkd.embedding_spec import EMBEDDING_DTYPES
 from fkd.schemes import SCHEMES
 
 from .errors import LabelsError
@@ -65,9 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "so that rerunning fkd-labelgen with the same arguments regenerates them (do not run while fkd-labelgen writes)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = commands.add_parser("show", help="draw an image with its stored crops and their top-K labels to a PNG",
+    p = commands.add_parser("show", help="draw an image with its stored crops and their top-K labels (or embeddings) to a PNG",
                             description="Draw the image with its first N crop boxes (dashed = flipped) and, for a few crops, "
-                            "the crop as the teacher saw it beside a bar chart of its soft label.")
+                            "the crop as the teacher saw it beside a bar chart of its soft label; for an embedding store, "
+                            "the N crops' cosine similarities to each other beside the first few crops.")
     p.add_argument("store", help="label store directory")
     p.add_argument("--image", required=True, help="image id (path relative to the data root, as stored) or store index")
     p.add_argument("--data", required=True, help="the image data the store was made from (ImageFolder directory, list file or tar shards)")
@@ -78,10 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("convert", help="re-quantize a store without the teacher (and/or take a subset, re-shard)",
                             description="Write a new store with another scheme / top-K, where the source keeps enough "
                             "information (full -> anything; top-K -> marginal with K' <= K, smoothing, hardening; "
-                            "hardening -> hardening). Boxes, flips and ids are kept.")
+                            "hardening -> hardening), or an embedding store with another dtype (float16 -> int8). "
+                            "Boxes, flips and ids are kept.")
     p.add_argument("store", help="source label store")
     p.add_argument("--scheme", choices=SCHEMES, help="target scheme (default: the source's)")
     p.add_argument("--top-k", type=positive_int, metavar="K", help="target K for the marginal schemes (default: the source's K, or 5)")
+    p.add_argument("--to-dtype", choices=EMBEDDING_DTYPES, help="embedding stores: target storage dtype (float16 -> int8; "
+                   "default: the source's)")
     p.add_argument("--out", required=True, help="directory for the new store")
     p.add_argument("--subset", type=subset_arg, metavar="SPEC", help="keep only some images: " + SUBSET_HELP)
     p.add_argument("--shard-size", type=positive_int, metavar="N", help="images per shard of the new store (default: the source's)")
@@ -153,7 +158,7 @@ def run_show(args: argparse.Namespace) -> int:
 
     from .show import render
 
-    with LabelStore(args.store) as store:
+    with LabelStore(args.store, payload=None) as store:
         if store.meta.image_fingerprint == "none":
             print(f"{PROG} show: warning: the store records no image fingerprints (older fkd): the image is matched by path only", file=sys.stderr)
         out = render(store, args.image, args.data, args.out, args.boxes, args.crops)
@@ -162,14 +167,12 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from fkd.store import LabelStore
-
     from .convert import convert_store
 
-    scheme = args.scheme or LabelStore(args.store).meta.scheme
-    manifest = convert_store(args.store, args.out, scheme, args.top_k, args.subset, args.shard_size, args.overwrite)
+    manifest = convert_store(args.store, args.out, args.scheme, args.top_k, args.subset, args.shard_size, args.overwrite, args.to_dtype)
     meta = manifest.meta
-    print(f"wrote {args.out}: {meta.num_images} images, scheme {meta.scheme}, K={meta.top_k}, {meta.num_shards} shards")
+    what = f"scheme {meta.scheme}, K={meta.top_k}" if meta.embedding is None else meta.describe_payload()
+    print(f"wrote {args.out}: {meta.num_images} images, {what}, {meta.num_shards} shards")
     return 0
 
 
@@ -224,14 +227,14 @@ def check_store_paths(args: argparse.Namespace) -> None:
 
 def main(argv: "Sequence[str] | None" = None) -> int:
     args = build_parser().parse_args(argv)
-    from fkd.store import StoreError
+    from fkd.store import StoreError, StorePayloadError
 
     try:
         check_store_paths(args)
         return COMMANDS[args.command](args)
-    except LabelsError as exc:
+    except (LabelsError, StorePayloadError) as exc:  # a request to change (exit 2), not a damaged store
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return LabelsError.exit_code
     except StoreError as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 1

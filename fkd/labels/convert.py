@@ -10,18 +10,27 @@ What each source keeps decides what it can become (C classes, stored K):
   payload, so converting between them with the same K only changes how it is decoded.
 - ``hardening`` (the top-1 class only): only ``hardening``.
 
+Embedding stores convert their storage dtype (``--to-dtype``): ``float16`` -> ``int8`` re-encodes
+the stored vectors (``embedding_codec.encode``: each value within half its crop's scale of the
+float16 value). ``int8`` -> ``float16`` is refused: it would double the size and restore nothing
+int8 rounded away. Label options on an embedding store, and ``--to-dtype`` on a label store, are
+refused with what the store holds.
+
 Anything else is refused with what the source lacks. Boxes, flips, image ids, labels and sizes are
 copied; the new store gets a new store id.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from fkd import quantize
+from fkd import embedding_codec, quantize
+from fkd.embedding_spec import EMBEDDING_DTYPES
 from fkd.quantize import Scheme, stored_top_k
 from fkd.store import ImageLabels, LabelStore, Manifest, StoreMeta, copy_meta
 
@@ -42,6 +51,13 @@ class Conversion:
     target: Scheme
     target_k: int
     num_classes: int
+
+    @property
+    def description(self) -> str:
+        return self.target.value
+
+    def meta_changes(self, meta: StoreMeta) -> dict[str, Any]:
+        return {"scheme": self.target.value, "top_k": self.target_k}
 
     def convert(self, record: ImageLabels) -> ImageLabels:
         """The record with its payload re-quantized (boxes, flips and ids unchanged)."""
@@ -103,21 +119,73 @@ def plan_conversion(meta: StoreMeta, scheme: "str | Scheme", top_k: "int | None"
     return conversion
 
 
+@dataclass(frozen=True)
+class EmbeddingConversion:
+    """A checked embedding conversion: stored dtype ``source`` to ``target``."""
+
+    source: str
+    target: str
+
+    @property
+    def description(self) -> str:
+        return f"{self.target} embeddings"
+
+    def convert(self, record: ImageLabels) -> ImageLabels:
+        """The record with its embedding re-encoded as ``target`` (everything else unchanged)."""
+        if self.source == self.target:
+            return record
+        payload = embedding_codec.encode(record.decoded_embedding().numpy(), self.target)
+        return dataclasses.replace(record, embedding=payload.embedding, scales=payload.scales)
+
+    def meta_changes(self, meta: StoreMeta) -> dict[str, Any]:
+        return {"embedding": dataclasses.replace(meta.embedding, dtype=self.target)}
+
+
+def plan_embedding_conversion(meta: StoreMeta, to_dtype: "str | None") -> EmbeddingConversion:
+    """Check that an embedding store with ``meta`` can be stored as ``to_dtype`` (None: as it is)."""
+    source = meta.embedding.dtype
+    target = to_dtype or source
+    if (source, target) == ("int8", "float16"):
+        raise LabelsError("cannot convert int8 embeddings to float16: float16 cannot restore what int8 rounded away and would "
+                          "only double the size; regenerate the store with float16 embeddings")
+    if target not in EMBEDDING_DTYPES:
+        raise LabelsError(f"unknown embedding dtype {target!r}; choose one of: {', '.join(EMBEDDING_DTYPES)}")
+    return EmbeddingConversion(source, target)
+
+
+def plan_store_conversion(
+    path: "str | Path", meta: StoreMeta, scheme: "str | Scheme | None", top_k: "int | None", to_dtype: "str | None"
+) -> "Conversion | EmbeddingConversion":
+    """The conversion the options ask of the store at ``path``: label options for label stores
+    (``--scheme``, ``--top-k``; default scheme: the source's), ``--to-dtype`` for embedding stores."""
+    if meta.embedding is not None:
+        if scheme is not None or top_k is not None:
+            raise LabelsError(f"{path} holds {meta.describe_payload()}, not soft labels: --scheme and --top-k convert label "
+                              "stores; convert an embedding store with --to-dtype")
+        return plan_embedding_conversion(meta, to_dtype)
+    if to_dtype is not None:
+        raise LabelsError(f"{path} holds {meta.describe_payload()}, not embeddings: --to-dtype converts embedding stores; "
+                          "convert a label store with --scheme and --top-k")
+    return plan_conversion(meta, scheme or meta.scheme, top_k)
+
+
 def convert_store(
     source: "str | Path",
     out: "str | Path",
-    scheme: "str | Scheme",
+    scheme: "str | Scheme | None" = None,
     top_k: "int | None" = None,
     subset: "SubsetSpec | None" = None,
     shard_size: "int | None" = None,
     overwrite: bool = False,
+    to_dtype: "str | None" = None,
 ) -> Manifest:
-    """Write ``out``: the (subset of the) store ``source`` re-quantized to ``scheme``/``top_k``."""
-    store = LabelStore(source)
-    conversion = plan_conversion(store.meta, scheme, top_k)
+    """Write ``out``: the (subset of the) store ``source`` re-quantized to ``scheme``/``top_k``
+    (label stores) or re-encoded as ``to_dtype`` (embedding stores)."""
+    store = LabelStore(source, payload=None)
+    conversion = plan_store_conversion(source, store.meta, scheme, top_k, to_dtype)
     prepare_output(out, overwrite, [source])
     indices = select(store, subset) if subset is not None else np.arange(len(store))
-    changes: dict = {"scheme": conversion.target.value, "top_k": conversion.target_k, "num_images": len(indices)}
+    changes: dict = {**conversion.meta_changes(store.meta), "num_images": len(indices)}
     if shard_size is not None:
         changes["shard_size"] = shard_size
     if subset is not None:
@@ -125,4 +193,4 @@ def convert_store(
         changes["data_fingerprint"] = image_list_fingerprint([ids[i] for i in indices], store.labels[indices])
     meta = copy_meta(store.meta, **changes)
     records = (conversion.convert(r) for r in iter_records(store, indices))
-    return write_store(out, meta, records, desc=f"converting to {conversion.target.value}")
+    return write_store(out, meta, records, desc=f"converting to {conversion.description}")

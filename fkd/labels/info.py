@@ -28,8 +28,10 @@ class StoreInfo:
     created: str
     tool_version: str
     format_version: int
-    scheme: str
-    top_k: int  # the K the records hold (1 for hardening/smoothing, C for full)
+    payload: str  # "labels" or "embedding"
+    scheme: str | None  # None for an embedding store
+    top_k: int  # the K the records hold (1 for hardening/smoothing, C for full; 0 for an embedding store)
+    embedding: dict[str, Any] | None  # dim, dtype, source, normalization of an embedding store
     num_classes: int
     class_names: list[str]
     num_images: int
@@ -81,8 +83,10 @@ def store_info(path: "str | Path", subset: "SubsetSpec | None" = None) -> StoreI
         created=meta.created,
         tool_version=meta.tool_version,
         format_version=meta.format_version,
+        payload=meta.payload,
         scheme=meta.scheme,
-        top_k=stored_top_k(meta.scheme, meta.top_k, meta.num_classes),
+        top_k=0 if meta.embedding is not None else stored_top_k(meta.scheme, meta.top_k, meta.num_classes),
+        embedding=None if meta.embedding is None else dataclasses.asdict(meta.embedding),
         num_classes=meta.num_classes,
         class_names=list(meta.class_names),
         num_images=meta.num_images,
@@ -112,12 +116,21 @@ def store_info(path: "str | Path", subset: "SubsetSpec | None" = None) -> StoreI
         bad_images=len(meta.bad_images),
     )
     if subset is not None:
-        with LabelStore(path, allow_incomplete=True) as store:
+        with LabelStore(path, allow_incomplete=True, payload=None) as store:
             view = StoreSubset.from_spec(store, subset)
             labels = view.labels
             per_class = {meta.class_names[c]: int((labels == c).sum()) for c in sorted(set(labels.tolist())) if c >= 0}
             info.subset = {"spec": subset.describe(), "images": len(view), "crops": len(view) * meta.num_crops, "per_class": per_class}
     return info
+
+
+def payload_line(info: StoreInfo) -> str:
+    """The label scheme, or what the embedding vectors are and how they are stored."""
+    if info.embedding is None:
+        return f"scheme:       {info.scheme}, K={info.top_k}"
+    e = info.embedding
+    scale = " (a float32 scale per crop)" if e["dtype"] == "int8" else ""
+    return f"embedding:    D={e['dim']}, {e['dtype']}{scale}, from {e['source']}, normalization {e['normalization']}"
 
 
 def format_info(info: StoreInfo) -> str:
@@ -143,7 +156,7 @@ def format_info(info: StoreInfo) -> str:
         f"store:        {info.path}",
         f"id:           {info.store_id} (created {info.created}, fkd {info.tool_version}, format v{info.format_version})",
         f"status:       {state}",
-        f"scheme:       {info.scheme}, K={info.top_k}",
+        payload_line(info),
         f"classes:      {info.num_classes} ({names})",
         f"images:       {info.num_images} ({info.images_done} in finished shards, {info.bad_images} bad images left out)",
         f"crops:        {info.num_crops} per image, {info.total_crops} in all",

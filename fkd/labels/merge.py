@@ -32,7 +32,7 @@ def merge_stores(
     """Write ``out``: the images of every store in ``sources`` (each restricted to ``subset``)."""
     if len(sources) < 2:
         raise LabelsError("merge needs at least two stores")
-    stores = [LabelStore(s) for s in sources]
+    stores = [LabelStore(s, payload=None) for s in sources]  # labels or embeddings: the builder writes either
     first = stores[0]
     for path, store in zip(sources[1:], stores[1:]):
         differing = [k for k in first.meta.differences(store.meta) if k not in PER_PART_SETTINGS]

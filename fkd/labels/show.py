@@ -5,6 +5,11 @@ few of those crops: the crop as the teacher saw it (replayed from the store with
 the teacher's input size and interpolation, flip applied) beside a bar chart of its decoded soft
 label's top classes, named. A wrong box, a flipped flip or a label that does not match the crop is
 obvious at a glance, which no table of numbers makes it.
+
+For an embedding store the middle panel is the matrix of cosine similarities between the shown
+crops' decoded embeddings (numbered as the boxes), and the first few crops are drawn beside it with
+their embedding's length: overlapping crops of one object should be alike, a zero or constant
+embedding shows as a uniform matrix.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ matplotlib.use("Agg")  # files only, no display; must precede pyplot's import
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
@@ -29,6 +36,9 @@ from fkd.tars import is_tar_data  # noqa: E402
 from .errors import LabelsError  # noqa: E402
 
 MAX_BARS = 10
+MAX_ANNOTATED = 12
+"""Similarity matrices up to this many crops get their values written in the cells."""
+COLORS = plt.get_cmap("tab10").colors
 
 
 def find_image(store: LabelStore, image: str) -> int:
@@ -88,7 +98,7 @@ def render(
         check_fingerprint(path, loaded.fingerprint, record.fingerprint)
     except ImageMismatchError as exc:
         raise LabelsError(str(exc)) from None
-    fig = draw(store.meta, record, loaded.pixels, num_boxes, num_crops)
+    fig = (draw if store.meta.embedding is None else draw_embedding)(store.meta, record, loaded.pixels, num_boxes, num_crops)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
@@ -96,28 +106,18 @@ def render(
     return out
 
 
-def draw(meta: StoreMeta, record: ImageLabels, pixels: torch.Tensor, num_boxes: int, num_crops: int) -> Figure:
-    """The figure for one record over its image ``pixels`` (3, H, W) uint8."""
+def draw_image(ax: Axes, meta: StoreMeta, record: ImageLabels, pixels: torch.Tensor, shown: int, detailed: int) -> None:
+    """The image with its first ``shown`` crop boxes, the first ``detailed`` of them bold and numbered."""
     height, width = pixels.shape[-2:]
-    shown = min(num_boxes, meta.num_crops)
-    detailed = min(num_crops, shown)
     boxes = fixed_to_boxes(record.boxes_fixed[:shown], height, width)
-    labels = decoded_labels(record, meta.scheme, meta.num_classes)
-    bars = min(meta.num_classes, MAX_BARS, max(5, quantize.stored_top_k(meta.scheme, meta.top_k, meta.num_classes)))
-
-    rows = max(detailed, 1)
-    fig = plt.figure(figsize=(13, max(4.5, 2.3 * rows)), layout="constrained")
-    grid = fig.add_gridspec(rows, 3, width_ratios=[2.4, 1, 1.8])
-    ax = fig.add_subplot(grid[:, 0])
     ax.imshow(pixels.permute(1, 2, 0).numpy())
-    colors = plt.get_cmap("tab10").colors
     for n, (top, left, h, w) in enumerate(boxes):
         flipped = bool(record.flips[n])
         ax.add_patch(Rectangle((left - 0.5, top - 0.5), w, h, fill=False, lw=2 if n < detailed else 1,
-                               ls="--" if flipped else "-", color=colors[n % len(colors)]))
+                               ls="--" if flipped else "-", color=COLORS[n % len(COLORS)]))
         if n < detailed:
             ax.text(left, top, f" {n}", color="white", fontsize=10, va="top", fontweight="bold",
-                    bbox={"facecolor": colors[n % len(colors)], "alpha": 0.8, "pad": 1, "lw": 0})
+                    bbox={"facecolor": COLORS[n % len(COLORS)], "alpha": 0.8, "pad": 1, "lw": 0})
     truth = meta.class_names[record.label] if 0 <= record.label < meta.num_classes else "unknown"
     title = f"{record.image_id}  (class: {truth})\nfirst {shown} of {meta.num_crops} crops; dashed = flipped"
     if (height, width) != (record.height, record.width):
@@ -125,17 +125,39 @@ def draw(meta: StoreMeta, record: ImageLabels, pixels: torch.Tensor, num_boxes: 
     ax.set_title(title, fontsize=10)
     ax.axis("off")
 
-    if detailed:
-        crops = replay_fixed(pixels, record.boxes_fixed[:detailed], record.flips[:detailed], tuple(meta.input_size), meta.interpolation)
+
+def draw_crop(ax: Axes, crop: torch.Tensor, n: int, flipped: bool, note: str = "") -> None:
+    """Crop ``n`` as the teacher saw it (3, s, s) uint8, titled in its box's colour."""
+    ax.imshow(crop.permute(1, 2, 0).numpy())
+    ax.set_title(f"crop {n}" + (" (flipped)" if flipped else "") + note, fontsize=9, color=COLORS[n % len(COLORS)])
+    ax.axis("off")
+
+
+def replayed_crops(meta: StoreMeta, record: ImageLabels, pixels: torch.Tensor, count: int) -> torch.Tensor:
+    """The first ``count`` crops replayed at the teacher's input size (count, 3, s, s) uint8."""
+    if not count:
+        return torch.empty((0, 3, *meta.input_size), dtype=torch.uint8)
+    return replay_fixed(pixels, record.boxes_fixed[:count], record.flips[:count], tuple(meta.input_size), meta.interpolation)
+
+
+def draw(meta: StoreMeta, record: ImageLabels, pixels: torch.Tensor, num_boxes: int, num_crops: int) -> Figure:
+    """The figure for one record over its image ``pixels`` (3, H, W) uint8."""
+    shown = min(num_boxes, meta.num_crops)
+    detailed = min(num_crops, shown)
+    labels = decoded_labels(record, meta.scheme, meta.num_classes)
+    bars = min(meta.num_classes, MAX_BARS, max(5, quantize.stored_top_k(meta.scheme, meta.top_k, meta.num_classes)))
+
+    rows = max(detailed, 1)
+    fig = plt.figure(figsize=(13, max(4.5, 2.3 * rows)), layout="constrained")
+    grid = fig.add_gridspec(rows, 3, width_ratios=[2.4, 1, 1.8])
+    draw_image(fig.add_subplot(grid[:, 0]), meta, record, pixels, shown, detailed)
+    crops = replayed_crops(meta, record, pixels, detailed)
     for n in range(detailed):
-        crop_ax = fig.add_subplot(grid[n, 1])
-        crop_ax.imshow(crops[n].permute(1, 2, 0).numpy())
-        crop_ax.set_title(f"crop {n}" + (" (flipped)" if record.flips[n] else ""), fontsize=9, color=colors[n % len(colors)])
-        crop_ax.axis("off")
+        draw_crop(fig.add_subplot(grid[n, 1]), crops[n], n, bool(record.flips[n]))
         probs, classes = labels[n].topk(bars)
         bar_ax = fig.add_subplot(grid[n, 2])
         names = [meta.class_names[c] for c in classes.tolist()]
-        bar_ax.barh(range(bars), probs.numpy(), color=colors[n % len(colors)])
+        bar_ax.barh(range(bars), probs.numpy(), color=COLORS[n % len(COLORS)])
         bar_ax.set_yticks(range(bars), labels=names, fontsize=8)
         bar_ax.invert_yaxis()
         bar_ax.set_xlim(0, 1)
@@ -143,4 +165,42 @@ def draw(meta: StoreMeta, record: ImageLabels, pixels: torch.Tensor, num_boxes: 
         for y, p in enumerate(probs.tolist()):
             bar_ax.text(min(p, 0.8) + 0.01, y, f"{p:.3f}", va="center", fontsize=7)
         bar_ax.set_title(f"{meta.scheme} top-{bars}", fontsize=9)
+    return fig
+
+
+def cosine_similarities(features: torch.Tensor) -> np.ndarray:
+    """(N, N) cosine similarity of feature rows (N, D); a zero row is 0 to everything, itself included."""
+    unit = F.normalize(features.float(), dim=1)
+    return (unit @ unit.T).numpy()
+
+
+def draw_embedding(meta: StoreMeta, record: ImageLabels, pixels: torch.Tensor, num_boxes: int, num_crops: int) -> Figure:
+    """The figure for one embedding record: image and numbered boxes, the shown crops' cosine
+    similarity matrix, and the first ``num_crops`` crops with the length of their embedding."""
+    shown = min(num_boxes, meta.num_crops)
+    detailed = min(num_crops, shown)
+    features = record.decoded_embedding()[:shown]
+    similarity = cosine_similarities(features)
+    rows = max(detailed, 1)
+    fig = plt.figure(figsize=(15, max(5.0, 2.3 * rows)), layout="constrained")
+    grid = fig.add_gridspec(rows, 3, width_ratios=[2.4, 2.4, 1])
+    draw_image(fig.add_subplot(grid[:, 0]), meta, record, pixels, shown, shown)
+    ax = fig.add_subplot(grid[:, 1])
+    image = ax.imshow(similarity, cmap="coolwarm", vmin=-1, vmax=1)
+    ax.set_xticks(range(shown), labels=[str(n) for n in range(shown)], fontsize=8)
+    ax.set_yticks(range(shown), labels=[str(n) for n in range(shown)], fontsize=8)
+    for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):
+        for n, tick in enumerate(ticks):
+            tick.set_color(COLORS[n % len(COLORS)])
+    if shown <= MAX_ANNOTATED:
+        for (i, j), value in np.ndenumerate(similarity):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(image, ax=ax, shrink=0.7, label="cosine similarity")
+    off = similarity[~np.eye(shown, dtype=bool)]
+    spread = f"off-diagonal mean {off.mean():.3f}, min {off.min():.3f}" if off.size else "one crop"
+    ax.set_title(f"cosine similarity of the crops' embeddings\n{meta.embedding.describe()}\n{spread}", fontsize=10)
+    norms = features.norm(dim=1).tolist()
+    crops = replayed_crops(meta, record, pixels, detailed)
+    for n in range(detailed):
+        draw_crop(fig.add_subplot(grid[n, 2]), crops[n], n, bool(record.flips[n]), f"\n|embedding| = {norms[n]:.3g}")
     return fig

@@ -5,8 +5,9 @@ Each shard is checked in the order that gives the most precise diagnosis: listed
 sha256 (bit flips, foreign files; such a file is not parsed further, as HDF5 can hang on damaged
 structures), then its HDF5 structure (store id, image ranges) and every record (CRC32,
 decompression, layout), and finally the payload values themselves (class indices below C,
-probabilities in [0, 1], boxes inside the image), which catch a shard that is intact but was
-written wrong.
+probabilities in [0, 1]; embeddings of D finite values, int8 codes in -127..127 with finite,
+non-negative scales; boxes inside the image), which catch a shard that is intact but was written
+wrong.
 
 Bad shards are what fkd-labelgen must redo. Rerunning it with the same arguments is the repair for
 nearly all of them: it labels the shards the manifest lacks and relabels each finished shard whose
@@ -89,7 +90,7 @@ def verify_store(path: "str | Path", progress: bool = True) -> VerifyReport:
     report = VerifyReport(str(path), meta.num_images, meta.num_crops, [])
     first_seen: dict[str, int] = {}
     duplicates: list[str] = []
-    store = LabelStore(path, allow_incomplete=True, verify_checksums=False)  # _verify_shard checks them first
+    store = LabelStore(path, allow_incomplete=True, verify_checksums=False, payload=None)  # _verify_shard checks them first
     try:
         bar = tqdm(total=meta.num_images, desc="verifying", unit="img", disable=None if progress else True)
         for shard in range(meta.num_shards):
@@ -169,10 +170,28 @@ def record_problems(record: ImageLabels, meta: StoreMeta) -> list[str]:
         values = record.values.astype(np.float32)
         if not np.all(np.isfinite(values)) or values.min(initial=0) < 0 or values.max(initial=0) > 1:
             problems.append("stored probabilities outside [0, 1] (or not finite)")
+    if meta.embedding is not None:
+        problems.extend(embedding_problems(record, meta.embedding.dim))
     boxes = record.boxes_fixed.astype(np.int64)
     ends = boxes[:, :2] + boxes[:, 2:]
     if np.any(boxes[:, 2:] < 1) or np.any(ends > FIXED_POINT_SCALE + 1):
         problems.append("crop boxes that are empty or extend past the image")
+    return problems
+
+
+def embedding_problems(record: ImageLabels, dim: int) -> list[str]:
+    """What no embedding writer produces: another dimension, values that decode to NaN or infinity,
+    the int8 code -128 (the codec is symmetric), negative scales."""
+    if record.embedding is None or record.embedding.shape != (len(record.flips), dim):
+        return [f"embedding of shape {getattr(record.embedding, 'shape', None)}, expected ({len(record.flips)}, {dim})"]
+    problems = []
+    if record.scales is not None:
+        if np.any(record.embedding == -128):
+            problems.append("int8 code -128 in the embedding (the codec writes -127..127)")
+        if not np.all(np.isfinite(record.scales)) or record.scales.min(initial=0) < 0:
+            problems.append("per-crop scales that are negative or not finite")
+    if not problems and not bool(record.decoded_embedding().isfinite().all()):
+        problems.append("embedding values that are not finite")
     return problems
 
 

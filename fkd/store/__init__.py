@@ -1,12 +1,17 @@
 """The label store: sharded HDF5 files plus a JSON manifest (see docs/FORMAT.md)."""
 
-from .errors import StoreCorruptError, StoreError, StoreFormatError, StoreIncompleteError, StoreMismatchError
-from .format import FORMAT_VERSION, MANIFEST_NAME, UNKNOWN_PRECISION, Manifest, RecordLayout, ShardInfo, StoreMeta
+from .errors import StoreCorruptError, StoreError, StoreFormatError, StoreIncompleteError, StoreMismatchError, StorePayloadError
+from .format import FORMAT_VERSION, MANIFEST_NAME, PAYLOADS, UNKNOWN_PRECISION, StoreMeta
+from .layout import EmbeddingLayout, PayloadLayout, RecordLayout
+from .manifest import Manifest, ShardInfo
 from .reader import ImageLabels, LabelStore
-from .writer import ShardData, compress_records, copy_meta, new_meta, open_for_writing, remove_store, shard_file_problem, store_lock, write_shard
+from .writer import (
+    ShardData, compress_records, copy_meta, new_meta, open_for_writing, remove_store, shard_file_problem, store_lock, write_shard,
+)
 
 __all__ = [
-    "FORMAT_VERSION", "MANIFEST_NAME", "ImageLabels", "LabelStore", "Manifest", "RecordLayout", "ShardData",
-    "ShardInfo", "StoreCorruptError", "StoreError", "StoreFormatError", "StoreIncompleteError",
-    "StoreMeta", "StoreMismatchError", "UNKNOWN_PRECISION", "compress_records", "copy_meta", "new_meta", "open_for_writing", "remove_store", "shard_file_problem", "store_lock", "write_shard",
+    "FORMAT_VERSION", "MANIFEST_NAME", "PAYLOADS", "EmbeddingLayout", "ImageLabels", "LabelStore", "Manifest", "PayloadLayout",
+    "RecordLayout", "ShardData", "ShardInfo", "StoreCorruptError", "StoreError", "StoreFormatError", "StoreIncompleteError",
+    "StoreMeta", "StoreMismatchError", "StorePayloadError", "UNKNOWN_PRECISION", "compress_records", "copy_meta", "new_meta",
+    "open_for_writing", "remove_store", "shard_file_problem", "store_lock", "write_shard",
 ]

@@ -28,3 +28,8 @@ class StoreIncompleteError(StoreError):
 
 class StoreMismatchError(StoreError):
     """An existing store was made with other settings than the ones asked for."""
+
+
+class StorePayloadError(StoreError):
+    """The store holds another payload (soft labels or embeddings) than the command reads: a wrong
+    request, not a damaged store."""

@@ -1,4 +1,5 @@
-"""The label-store format: metadata record, manifest, file names and the per-image record layout.
+"""The label-store format: the metadata record and file names (record layouts: ``layout.py``; the
+manifest of finished shards: ``manifest.py``).
 
 This module is the contract between ``fkd-labelgen`` (writes) and ``fkd-train`` (reads); docs/FORMAT.md
 describes the same thing for people. Bump ``FORMAT_VERSION`` on any incompatible change.
@@ -15,17 +16,25 @@ from typing import Any
 
 import numpy as np
 
+from ..embedding_spec import EmbeddingSpec
 from ..precision import PRECISIONS
-from ..quantize import Scheme, index_dtype, payload_shape
-from .errors import StoreFormatError
-from .files import atomic_write_bytes
+from ..quantize import Scheme, index_dtype, payload_shape, stored_top_k
+from .errors import StoreFormatError, StorePayloadError
+from .layout import EmbeddingLayout, PayloadLayout, RecordLayout
 
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+LABELS_FORMAT_VERSION = 3
+EMBEDDING_FORMAT_VERSION = 4
+FORMAT_VERSION = EMBEDDING_FORMAT_VERSION
+"""The newest version this fkd writes. Label stores are written as version 3, embedding stores as 4."""
+READABLE_VERSIONS = (1, 2, 3, 4)
 """Version 2 added per-image fingerprints, the teacher's precision and the class map (docs/FORMAT.md);
 version-1 stores still read, with those fields marked unknown. Version 3 added the shard entries'
 ``records_offset``, ``records_bytes`` and ``meta_sha256`` (readers of version 2 refuse unknown
-fields); older stores are checked by their whole-file sha256 instead."""
+fields); older stores are checked by their whole-file sha256 instead. Version 4 added the embedding
+payload (``embedding``); label stores stay version 3, unchanged, so older fkd keeps reading
+them and refuses embedding stores by their version instead of misreading them."""
+PAYLOADS = ("labels", "embedding")
+PAYLOAD_NAMES = {"labels": "soft labels", "embedding": "embeddings"}
 FINGERPRINTS = ("crc32", "none")
 UNKNOWN_PRECISION = "unknown"
 MANIFEST_NAME = "store.json"
@@ -69,18 +78,19 @@ class StoreMeta:
     teacher_precision: str = "fp32"
     class_map: "dict[str, int] | None" = None  # data class name -> teacher class index (fkd.classes)
     image_fingerprint: str = "none"  # "crc32": every shard keeps the CRC-32 of each image file's bytes
+    embedding: "EmbeddingSpec | None" = None  # the payload is embeddings (format 4) instead of soft labels; scheme None, top_k 0
     bad_images: list[dict[str, str]] = field(default_factory=list)
     store_id: str = ""
     created: str = ""
     tool_version: str = ""
-    format_version: int = FORMAT_VERSION
+    format_version: "int | None" = None  # None: the version this fkd writes for the payload
 
     def __post_init__(self) -> None:
         for name in ("top_k", "num_classes", "num_crops", "num_images", "shard_size", "seed"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise StoreFormatError(None, f"metadata field {name} must be an integer, got {value!r}")
-        self.scheme = Scheme.parse(self.scheme).value
+        self._check_payload()
         for name in ("crop_scale", "crop_ratio", "input_size", "mean", "std"):
             setattr(self, name, tuple(getattr(self, name)))
         if self.num_crops < 1 or self.num_crops > 65535:
@@ -99,6 +109,58 @@ class StoreMeta:
                 f"(at most {MAX_IMAGES} images and {MAX_SHARDS} shards)"
             )
         self._check_settings()
+
+    def _check_payload(self) -> None:
+        """Soft labels (a scheme) or an embedding (no scheme, top_k 0, format version 4)."""
+        if self.embedding is None:
+            self.scheme = Scheme.parse(self.scheme).value
+            if self.format_version is None:
+                self.format_version = LABELS_FORMAT_VERSION
+            return
+        if not isinstance(self.embedding, EmbeddingSpec):
+            try:
+                self.embedding = EmbeddingSpec.from_dict(self.embedding)
+            except (TypeError, ValueError) as exc:
+                raise StoreFormatError(None, f"metadata field {exc}") from None
+        if self.format_version is None:
+            self.format_version = EMBEDDING_FORMAT_VERSION
+        if self.format_version < EMBEDDING_FORMAT_VERSION:
+            raise StoreFormatError(
+                None, f"an embedding payload needs format version {EMBEDDING_FORMAT_VERSION}, the metadata says {self.format_version}"
+            )
+        if self.scheme is not None or self.top_k != 0:
+            raise StoreFormatError(
+                None, f"an embedding store has no label scheme (scheme null, top_k 0), got {self.scheme!r}, {self.top_k!r}"
+            )
+
+    @property
+    def payload(self) -> str:
+        """``labels`` (soft labels of a scheme) or ``embedding``."""
+        return "labels" if self.embedding is None else "embedding"
+
+    def describe_payload(self) -> str:
+        """E.g. ``soft labels (marginal-smoothing, K=5)`` or ``embeddings (D=512, int8, ...)``."""
+        if self.embedding is not None:
+            return f"{PAYLOAD_NAMES['embedding']} ({self.embedding.describe()})"
+        return f"{PAYLOAD_NAMES['labels']} ({self.scheme}, K={stored_top_k(self.scheme, self.top_k, self.num_classes)})"
+
+    def check_payload(self, wanted: "str | None", source: "Path | None" = None) -> None:
+        """Refuse a store whose payload is not ``wanted`` (None: any), in one line saying what it holds,
+        so a tool never reads embeddings as labels or the reverse."""
+        if wanted is not None and wanted not in PAYLOADS:
+            raise ValueError(f"payload must be one of {list(PAYLOADS)} or None, got {wanted!r}")
+        if wanted is not None and wanted != self.payload:
+            article = "a label" if wanted == "labels" else "an embedding"
+            raise StorePayloadError(
+                source, f"holds {self.describe_payload()}, not {PAYLOAD_NAMES[wanted]}: this command needs {article} store"
+            )
+
+    def shard_attrs(self) -> dict[str, Any]:
+        """The payload's description each shard file carries (informative; readers go by the manifest)."""
+        if self.embedding is None:
+            return {"scheme": self.scheme, "top_k": self.top_k, "num_crops": self.num_crops, "num_classes": self.num_classes}
+        return {"payload": self.payload, "embedding_dim": self.embedding.dim, "embedding_dtype": self.embedding.dtype,
+                "num_crops": self.num_crops, "num_classes": self.num_classes}
 
     def _check_settings(self) -> None:
         """Types and ranges of the settings readers use to replay crops (strings where numbers
@@ -166,7 +228,11 @@ class StoreMeta:
         return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """The JSON object of ``store.json``; a label store's has no ``embedding`` key, as in version 3."""
+        d = json.loads(json.dumps(dataclasses.asdict(self)))
+        if d["embedding"] is None:
+            del d["embedding"]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: "Path | None" = None) -> "StoreMeta":
@@ -196,150 +262,9 @@ class StoreMeta:
     def index_dtype(self) -> np.dtype:
         return index_dtype(self.num_classes)
 
-    def record_layout(self) -> "RecordLayout":
+    def record_layout(self) -> PayloadLayout:
+        """The byte layout of this store's per-image records (``RecordLayout`` or ``EmbeddingLayout``)."""
+        if self.embedding is not None:
+            return EmbeddingLayout(self.num_crops, self.embedding.dim, self.embedding.dtype)
         shape = payload_shape(self.scheme, self.top_k, self.num_classes)
         return RecordLayout(self.num_crops, shape.num_indices, shape.num_values, self.index_dtype)
-
-
-@dataclass(frozen=True)
-class RecordLayout:
-    """Byte layout of one image's uncompressed record (all little-endian, fields back to back):
-
-    ``boxes`` uint16 (M, 4) fixed-point (top, left, height, width) | ``flips`` packed bits
-    ceil(M / 8) bytes | ``indices`` (M, Ki) uint16 or uint32 | ``values`` (M, Kv) float16.
-    """
-
-    num_crops: int
-    num_indices: int
-    num_values: int
-    index_dtype: np.dtype
-
-    @property
-    def sizes(self) -> tuple[int, int, int, int]:
-        m = self.num_crops
-        return (m * 4 * 2, (m + 7) // 8, m * self.num_indices * self.index_dtype.itemsize, m * self.num_values * 2)
-
-    @property
-    def raw_size(self) -> int:
-        return sum(self.sizes)
-
-    def pack(self, boxes_fixed: np.ndarray, flips: np.ndarray, indices: "np.ndarray | None", values: "np.ndarray | None") -> bytes:
-        m = self.num_crops
-        parts = [
-            np.ascontiguousarray(boxes_fixed, dtype="<u2").reshape(m, 4).tobytes(),
-            np.packbits(np.asarray(flips, dtype=bool).reshape(m)).tobytes(),
-        ]
-        if self.num_indices:
-            parts.append(np.ascontiguousarray(indices, dtype=self.index_dtype.newbyteorder("<")).reshape(m, self.num_indices).tobytes())
-        if self.num_values:
-            parts.append(np.ascontiguousarray(values, dtype="<f2").reshape(m, self.num_values).tobytes())
-        return b"".join(parts)
-
-    def unpack(self, raw: bytes) -> tuple[np.ndarray, np.ndarray, "np.ndarray | None", "np.ndarray | None"]:
-        """raw bytes -> (boxes_fixed (M,4) uint16, flips (M,) bool, indices | None, values | None)."""
-        m = self.num_crops
-        nb, nf, ni, nv = self.sizes
-        if len(raw) != nb + nf + ni + nv:
-            raise ValueError(f"record holds {len(raw)} bytes, layout expects {nb + nf + ni + nv}")
-        buf = memoryview(raw)
-        boxes = np.frombuffer(buf[:nb], dtype="<u2").reshape(m, 4)
-        flips = np.unpackbits(np.frombuffer(buf[nb : nb + nf], dtype=np.uint8), count=m).astype(bool)
-        pos = nb + nf
-        indices = values = None
-        if ni:
-            indices = np.frombuffer(buf[pos : pos + ni], dtype=self.index_dtype.newbyteorder("<")).reshape(m, self.num_indices)
-        pos += ni
-        if nv:
-            values = np.frombuffer(buf[pos : pos + nv], dtype="<f2").reshape(m, self.num_values)
-        return boxes, flips, indices, values
-
-
-@dataclass
-class ShardInfo:
-    """A finished shard as the manifest records it."""
-
-    index: int
-    file: str
-    start: int
-    count: int
-    bytes: int
-    sha256: str
-    # Where the records dataset lies in the file, and the sha256 of every byte but those: the bytes
-    # HDF5 parses, checked at every open at a cost independent of the payload (the records are
-    # checked by their CRC-32s as they are read). Absent in stores made before format version 3.
-    records_offset: "int | None" = None
-    records_bytes: "int | None" = None
-    meta_sha256: "str | None" = None
-
-    @property
-    def records_range(self) -> "tuple[int, int] | None":
-        """(offset, length) of the records dataset in the file, where the manifest records it."""
-        return None if self.meta_sha256 is None else (self.records_offset, self.records_bytes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: "Path | None" = None) -> "ShardInfo":
-        try:
-            info = cls(**data)
-        except TypeError as exc:
-            raise StoreFormatError(source, f"invalid shard entry {data!r}: {exc}") from None
-        optional = ("records_offset", "records_bytes", "meta_sha256")
-        present = [getattr(info, name) is not None for name in optional]
-        if any(present) and not all(present):
-            raise StoreFormatError(source, f"shard entry {data!r}: records_offset, records_bytes and meta_sha256 go together")
-        for name in ("index", "start", "count", "bytes") + (optional[:2] if all(present) else ()):
-            value = getattr(info, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise StoreFormatError(source, f"shard entry field {name} must be a non-negative integer, got {value!r}")
-        if not isinstance(info.file, str) or not isinstance(info.sha256, str) or not isinstance(info.meta_sha256, (str, type(None))):
-            raise StoreFormatError(source, f"shard entry {data!r}: file, sha256 and meta_sha256 must be strings")
-        if Path(info.file).name != info.file:
-            raise StoreFormatError(source, f"shard file name {info.file!r} must not contain a directory")
-        return info
-
-
-@dataclass
-class Manifest:
-    """``store.json``: the metadata plus the shards finished so far (keyed by shard index)."""
-
-    meta: StoreMeta
-    shards: dict[int, ShardInfo] = field(default_factory=dict)
-
-    @property
-    def complete(self) -> bool:
-        return len(self.shards) == self.meta.num_shards and all(i in self.shards for i in range(self.meta.num_shards))
-
-    def missing_shards(self) -> list[int]:
-        return [i for i in range(self.meta.num_shards) if i not in self.shards]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "meta": self.meta.to_dict(),
-            "complete": self.complete,
-            "shards": [self.shards[i].to_dict() for i in sorted(self.shards)],
-        }
-
-    @classmethod
-    def load(cls, directory: "str | Path") -> "Manifest":
-        path = Path(directory) / MANIFEST_NAME
-        if not path.is_file():
-            raise StoreFormatError(path, "no label store here (store.json is missing)")
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise StoreFormatError(path, f"unreadable manifest: {exc}") from None
-        if not isinstance(data, dict) or "meta" not in data or not isinstance(data.get("shards"), list):
-            raise StoreFormatError(path, "manifest lacks 'meta' and 'shards'")
-        meta = StoreMeta.from_dict(data["meta"], path)
-        shards: dict[int, ShardInfo] = {}
-        for entry in data["shards"]:
-            info = ShardInfo.from_dict(entry, path)
-            if info.index >= meta.num_shards or (info.start, info.start + info.count) != meta.shard_range(info.index):
-                raise StoreFormatError(path, f"shard entry {info.index} does not match the store's image ranges")
-            shards[info.index] = info
-        return cls(meta, shards)
-
-    def save(self, directory: "str | Path") -> None:
-        atomic_write_bytes(Path(directory) / MANIFEST_NAME, json.dumps(self.to_dict(), indent=1).encode())

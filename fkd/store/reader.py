@@ -29,16 +29,23 @@ from typing import Any
 
 import h5py
 import numpy as np
+import torch
 import zstandard
 
+from ..embedding_codec import decode as decode_embedding
 from .errors import StoreCorruptError, StoreError, StoreIncompleteError
-from .format import Manifest, RecordLayout, StoreMeta
+from .format import StoreMeta
+from .layout import PayloadLayout
+from .manifest import Manifest
 from .writer import shard_file_problem
 
 
 @dataclass
 class ImageLabels:
-    """One image's stored crops: fixed-point boxes (M, 4) uint16, flips (M,), payload arrays."""
+    """One image's stored crops: fixed-point boxes (M, 4) uint16, flips (M,), and the payload arrays
+    named as the store's layout names them (``PayloadLayout.payload_names``): soft labels in
+    ``indices`` (M, Ki) and ``values`` (M, Kv), embeddings in ``embedding`` (M, D) float16 or int8
+    and, for int8, ``scales`` (M,) float32; None where the store keeps no such field."""
 
     index: int
     image_id: str
@@ -47,9 +54,18 @@ class ImageLabels:
     width: int
     boxes_fixed: np.ndarray
     flips: np.ndarray
-    indices: "np.ndarray | None"
-    values: "np.ndarray | None"
+    indices: "np.ndarray | None" = None
+    values: "np.ndarray | None" = None
     fingerprint: "int | None" = None  # CRC-32 of the image file's bytes; None in stores without them
+    embedding: "np.ndarray | None" = None
+    scales: "np.ndarray | None" = None
+
+    def decoded_embedding(self) -> torch.Tensor:
+        """(M, D) float32 features of an embedding record (``embedding_codec.decode``)."""
+        if self.embedding is None:
+            raise ValueError(f"image {self.image_id!r}: the record holds no embedding (a label store)")
+        scales = None if self.scales is None else torch.from_numpy(np.array(self.scales))  # copies: records are read-only
+        return decode_embedding(torch.from_numpy(np.array(self.embedding)), scales)
 
 
 @dataclass
@@ -72,13 +88,18 @@ class LabelStore:
     ``LabelStore(path)`` refuses an incomplete store (``allow_incomplete=True`` opens the finished
     shards only, for inspection tools). ``read(i)`` returns image ``i``'s crops and payload.
     ``verify_checksums=False`` skips the sha256 of each shard at open (to test the checks behind it).
+    ``payload`` is what the caller reads: ``labels`` (default: every tool written before embeddings
+    existed gets a clear refusal instead of misreading them), ``embedding``, or None for tools that
+    handle both (``StorePayloadError`` otherwise).
     One instance per thread: reads reuse one zstd decompressor, which is not thread-safe.
     """
 
-    def __init__(self, path: "str | Path", allow_incomplete: bool = False, verify_checksums: bool = True):
+    def __init__(self, path: "str | Path", allow_incomplete: bool = False, verify_checksums: bool = True,
+                 payload: "str | None" = "labels"):
         self.path = Path(path)
         self.verify_checksums = verify_checksums
         self.manifest = Manifest.load(self.path)
+        self.meta.check_payload(payload, self.path)
         if not allow_incomplete and not self.manifest.complete:
             missing = self.manifest.missing_shards()
             raise StoreIncompleteError(
@@ -86,7 +107,7 @@ class LabelStore:
                 f"store is incomplete: {len(missing)} of {self.meta.num_shards} shards missing "
                 f"(first: {missing[:5]}); rerun fkd-labelgen with the same arguments to finish it",
             )
-        self.layout: RecordLayout = self.meta.record_layout()
+        self.layout: PayloadLayout = self.meta.record_layout()
         self._shards: dict[int, _ShardIndex] = {}
         self._image_ids: list[str] | None = None
         self._decompressor: "zstandard.ZstdDecompressor | None" = None  # made per process: 8 us to create, a third of a read
@@ -197,7 +218,7 @@ class LabelStore:
         return divmod(index, self.meta.shard_size)
 
     def read(self, index: int) -> ImageLabels:
-        """Decode image ``index``: boxes, flips and payload of all M crops."""
+        """Decode image ``index``: boxes, flips and payload arrays of all M crops."""
         shard_no, row = self.locate(index)
         shard = self._shard(shard_no)
         start, stop = int(shard.offsets[row]), int(shard.offsets[row + 1])
@@ -220,12 +241,13 @@ class LabelStore:
             if self._decompressor is None:
                 self._decompressor = zstandard.ZstdDecompressor()
             raw = self._decompressor.decompress(blob, max_output_size=expected)
-            boxes, flips, indices, values = self.layout.unpack(raw)
+            boxes, flips, *payload = self.layout.unpack(raw)
         except (zstandard.ZstdError, ValueError) as exc:
             raise StoreCorruptError(path, f"undecodable record of image {index} (row {row}): {exc}") from None
         height, width = (int(v) for v in shard.sizes[row])
         fingerprint = None if shard.fingerprints is None else int(shard.fingerprints[row])
-        return ImageLabels(index, shard.image_ids[row], int(shard.labels[row]), height, width, boxes, flips, indices, values, fingerprint)
+        return ImageLabels(index, shard.image_ids[row], int(shard.labels[row]), height, width, boxes, flips, fingerprint=fingerprint,
+                           **dict(zip(self.layout.payload_names, payload)))
 
     # Per-image columns ----------------------------------------------------------------------
 

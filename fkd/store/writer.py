@@ -27,27 +27,28 @@ import zstandard
 from .. import __version__
 from .errors import StoreError, StoreMismatchError
 from .files import default_file_mode, fsync_dir
-from .format import CODEC, MANIFEST_NAME, SHARD_PATTERN, Manifest, RecordLayout, ShardInfo, StoreMeta
+from .format import CODEC, MANIFEST_NAME, SHARD_PATTERN, StoreMeta
+from .layout import PayloadLayout
+from .manifest import Manifest, ShardInfo
 
 ZSTD_LEVEL = 9
 """Compression level of per-image records (see benchmarks/storage for the measurements)."""
 
 
 def compress_records(
-    layout: RecordLayout,
+    layout: PayloadLayout,
     boxes_fixed: np.ndarray,
     flips: np.ndarray,
-    indices: "np.ndarray | None",
-    values: "np.ndarray | None",
+    *payload: "np.ndarray | None",
     level: int = ZSTD_LEVEL,
 ) -> list[bytes]:
     """One zstd frame per image from arrays with a leading image axis: boxes (N, M, 4) uint16,
-    flips (N, M), indices (N, M, Ki), values (N, M, Kv)."""
+    flips (N, M), and the payload arrays in ``layout.payload_names`` order, None where absent:
+    labels ``indices`` (N, M, Ki), ``values`` (N, M, Kv); embeddings ``embedding`` (N, M, D),
+    ``scales`` (N, M) (``embedding_codec.encode``'s arrays, reshaped per image)."""
     compressor = zstandard.ZstdCompressor(level=level, write_content_size=True)
     return [
-        compressor.compress(
-            layout.pack(boxes_fixed[n], flips[n], None if indices is None else indices[n], None if values is None else values[n])
-        )
+        compressor.compress(layout.pack(boxes_fixed[n], flips[n], *(None if a is None else a[n] for a in payload)))
         for n in range(len(boxes_fixed))
     ]
 
@@ -171,10 +172,7 @@ def write_shard(directory: "str | Path", meta: StoreMeta, shard: int, data: Shar
                     "start": start,
                     "count": stop - start,
                     "codec": CODEC,
-                    "scheme": meta.scheme,
-                    "top_k": meta.top_k,
-                    "num_crops": meta.num_crops,
-                    "num_classes": meta.num_classes,
+                    **meta.shard_attrs(),
                 }
             )
             f.create_dataset("image_ids", data=np.array(data.image_ids, dtype=object), dtype=h5py.string_dtype())

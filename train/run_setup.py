@@ -1,0 +1,169 @@
+"""What a run trains on and how: the training data (stores, images, crop planner), the mode, and
+for feature distillation the projector. Every problem is a ``SetupError`` before the first step.
+
+Stores: ``--store`` is a label store, ``--embed-store`` an embedding store, each read as that payload
+only (a store of the other kind is refused in one line). Given both, they must describe the same
+crops (``preflight.check_paired_stores``); the label store then leads (its class map and crop
+interpolation apply) and the planner takes both payloads per crop.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fkd.crops import DEFAULT_RATIO, DEFAULT_SCALE, CropParams
+from fkd.embedding_spec import EmbeddingSpec
+from fkd.features import FeatureSourceError, TeacherFeatures
+from fkd.images import ImageList, list_images
+from fkd.sources import ImageSource
+from fkd.store import LabelStore
+from fkd.tars import is_tar_data
+from fkd.teachers import Teacher, create_teacher
+
+from .data import RandomCropPlanner, StoreCropPlanner, derived_seed
+from .errors import SetupError
+from .feature_modes import EmbeddingMode, OnlineFDMode
+from .mode_names import STORE_MODES
+from .modes import DeiTMode, FKDMode, OnlineKDMode, SupervisedMode, TrainMode
+from .preflight import check_labels_known, check_num_classes, check_paired_stores, check_store_matches_data, in_store_classes
+from .projector import FeatureStudent, Projector, build_projector
+
+UNTRAINED_CLASSIFIER = (
+    "feature distillation without --store or --gt-weight: the student's classifier gets no training signal, so its val top-1 "
+    "stays at chance and best.pth, picked by it, means nothing: use last.pth (to fine-tune or probe)"
+)
+
+
+def list_data(path: "str | None", flag: str) -> ImageList:
+    if not path:
+        raise SetupError(f"{flag} is required")
+    if not Path(path).exists() and not is_tar_data(path):
+        raise SetupError(f"{flag} {path}: no such directory or list file")
+    try:
+        return list_images(path)
+    except (OSError, ValueError) as exc:  # OSError: a missing tar shard
+        raise SetupError(f"{flag} {path}: {exc}") from None
+
+
+@dataclass
+class TrainData:
+    """The training images and how their crops are planned, with the class count they imply;
+    ``embedding``: the embedding store's payload, when the run reads one."""
+
+    source: ImageSource
+    planner: Any
+    num_classes: int
+    interpolation: "str | None"
+    store: "LabelStore | None"
+    warnings: list[str]
+    embedding: "EmbeddingSpec | None" = None
+
+
+def open_stores(args: argparse.Namespace) -> tuple["LabelStore | None", "LabelStore | None"]:
+    """(label store, embedding store), each None when not given; a pair is checked to match."""
+    labels = LabelStore(args.store) if args.store else None
+    embeddings = LabelStore(args.embed_store, payload="embedding") if args.embed_store else None
+    if labels is not None and embeddings is not None:
+        check_paired_stores(labels, embeddings)
+    return labels, embeddings
+
+
+def classifier_untrained(args: argparse.Namespace) -> bool:
+    """Features alone, no ground truth: nothing trains the student's classifier."""
+    features_only = args.mode == "online-fd" or (args.embed_store and not args.store)
+    return bool(features_only) and not args.gt_weight
+
+
+def prepare_train_data(args: argparse.Namespace) -> TrainData:
+    labels, embeddings = open_stores(args)
+    store = labels or embeddings
+    images = in_store_classes(list_data(args.data, "--data"), store, "--data")
+    notes = [UNTRAINED_CLASSIFIER] if classifier_untrained(args) else []
+    if args.mode in STORE_MODES:
+        assert store is not None
+        num_classes = check_num_classes(store.meta.num_classes, args.num_classes)
+        warnings = check_store_matches_data(store, images, args.allow_resized)
+        if args.mode == "deit" or args.gt_weight > 0:
+            check_labels_known(store.labels, store.image_ids, "the store", f"{args.mode} --gt-weight" if args.mode == "fkd" else args.mode)
+        planner = StoreCropPlanner(store, args.crops_per_image, args.seed, args.allow_resized, order=args.stored_crops,
+                                   paired=embeddings if labels is not None else None)
+        spec = None if embeddings is None else embeddings.meta.embedding
+        return TrainData(images.source, planner, num_classes, store.meta.interpolation, store, warnings + notes, spec)
+    if args.mode != "online-fd" or args.gt_weight:
+        check_labels_known(images.labels, images.image_ids, "--data", args.mode)
+    num_classes = args.num_classes or len(images.class_names)
+    if int(images.labels.max()) >= num_classes:
+        raise SetupError(f"--data has labels up to {int(images.labels.max())} but the model has {num_classes} classes")
+    scale = tuple(args.crop_scale) if args.crop_scale else (store.meta.crop_scale if store else DEFAULT_SCALE)
+    ratio = store.meta.crop_ratio if store else DEFAULT_RATIO
+    try:
+        params = CropParams(scale=scale, ratio=ratio)
+    except ValueError as exc:
+        raise SetupError(f"--crop-scale: {exc}") from None
+    planner = RandomCropPlanner(images, args.crops_per_image, args.seed, params)
+    return TrainData(images.source, planner, num_classes, None, store, notes)
+
+
+def build_teacher(args: argparse.Namespace, num_classes: "int | None", device: torch.device) -> Teacher:
+    """The online teacher at temperature 1 (``num_classes`` None: its own classes, for features)."""
+    try:
+        return create_teacher(
+            names=args.teacher or [], checkpoints=args.checkpoint, module=args.teacher_module, num_classes=num_classes,
+            pretrained=args.teacher_pretrained, temperature=1.0, input_size=args.teacher_input_size, device=device,
+            precision=args.teacher_precision,
+        )
+    except ValueError as exc:  # TeacherError, or a factory refusing its arguments
+        raise SetupError(f"teacher: {exc}") from None
+
+
+def build_mode(args: argparse.Namespace, data: TrainData, device: torch.device) -> TrainMode:
+    if args.mode == "fkd" and data.embedding is not None:
+        return EmbeddingMode(data.num_classes, data.embedding.dim, args.embed_loss, args.embed_weight, args.gt_weight, args.smoothing,
+                             scheme=data.store.meta.scheme)
+    if args.mode == "fkd":
+        return FKDMode(data.store.meta.scheme, data.num_classes, args.gt_weight, args.smoothing)
+    if args.mode == "deit":
+        return DeiTMode(data.store.meta.scheme, data.num_classes, args.smoothing, args.kd, args.kd_alpha, args.kd_tau)
+    if args.mode == "supervised":
+        return SupervisedMode(data.num_classes, args.smoothing)
+    if args.mode == "online-fd":
+        try:
+            features = TeacherFeatures(build_teacher(args, None, device), args.embedding_from)
+            return OnlineFDMode(features, data.num_classes, args.embed_loss, args.embed_weight, args.gt_weight, args.smoothing)
+        except (FeatureSourceError, ValueError) as exc:  # a source the teacher lacks, a map that is no grid
+            raise SetupError(f"--embedding-from {args.embedding_from}: {exc}") from None
+    teacher = build_teacher(args, data.num_classes, device)
+    if teacher.num_classes != data.num_classes:
+        raise SetupError(f"the teacher has {teacher.num_classes} classes but the student is trained on {data.num_classes}")
+    return OnlineKDMode(teacher, data.num_classes, args.smoothing, args.kd, args.kd_alpha, args.kd_tau)
+
+
+def build_feature_projector(
+    args: argparse.Namespace, model: nn.Module, mode: TrainMode, input_size: int, device: torch.device
+) -> "Projector | None":
+    """The projector a feature mode trains (None for the other modes), on ``device``, initialized
+    from the seed alone. A feature-map student is probed once (one image, eval mode) so a model
+    without a usable map is refused before training."""
+    if isinstance(mode, EmbeddingMode):
+        source, out_dim = "pre-logits", mode.dim
+    elif isinstance(mode, OnlineFDMode):
+        source, out_dim = ("feature-map" if mode.is_map else "pre-logits"), mode.out_dim
+    else:
+        return None
+    projector = build_projector(model, args.projector, source, out_dim, derived_seed(args.seed, 5)).to(device)
+    if source == "feature-map":
+        was_training = model.training
+        try:
+            with torch.no_grad():
+                FeatureStudent(model.eval(), projector)(torch.zeros(1, 3, input_size, input_size, device=device))
+        except ValueError as exc:
+            raise SetupError(f"--mode online-fd: the student {args.model} has no feature map to distill ({exc})") from None
+        finally:
+            model.train(was_training)
+    return projector
