@@ -47,6 +47,9 @@ from benchmarks.accuracy.bench_accuracy import (
     summarize,
     train,
 )
+from benchmarks.accuracy.bench_vit import (
+    Size,  # the blocks share one notion of their size
+)
 from benchmarks.common import (
     BENCH_DIR,
     CACHE,
@@ -71,16 +74,6 @@ CROPS = 4
 LABELS = ("marginal-smoothing", 5)
 EMBED = ("--embed-loss", "smooth-l1", "--projector", "linear")
 EMBEDDING_JSON = BENCH_DIR / "storage" / "embedding.json"
-
-
-@dataclass(frozen=True)
-class Size:
-    """Train images per class, stored crops M, test images per class, epochs of CROPS crops."""
-
-    per_class: int
-    store_crops: int
-    test_per_class: int
-    epochs: int
 
 
 SIZE = Size(per_class=256, store_crops=8, test_per_class=1000, epochs=2)
