@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="teacher device in each worker: auto (CUDA when the worker has a GPU), cpu, cuda, cuda:N")
     compute.add_argument("--workers", type=int, default=None, metavar="N",
                          help="Ray actors, each loading the teacher once (default: one per GPU of the cluster; without GPUs one "
-                         "per 4 CPUs)")
+                         "per CPU)")
     compute.add_argument("--cpus-per-worker", type=float, default=None, metavar="C",
                          help="CPUs each worker reserves for decoding images and CPU inference (default: the cluster's "
                          "CPUs divided evenly between the workers)")

@@ -1,9 +1,13 @@
-"""Fixtures shared across the suite: tiny generated image folders and label stores, ../shared paths."""
+"""Fixtures shared across the suite: tiny generated image folders and label stores, ../shared paths,
+and the tiny fkd-train setting (``tiny``, ``train_args``) the training tests share."""
 
 from __future__ import annotations
 
+import csv
 import os
+import socket
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +15,20 @@ import pytest
 from PIL import Image
 
 from fkd import crops, quantize
-from fkd.store import ShardData, compress_records, new_meta, open_for_writing, write_shard
+from fkd.images import list_images, load_image
+from fkd.store import Manifest, ShardData, compress_records, new_meta, open_for_writing, write_shard
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FKD_SHARED", REPO.parent / "shared"))
 CIFAR_TEACHER = SHARED / "models" / "cifar10_keras_cnn.h5"
 CIFAR_DATA = SHARED / "data" / "cifar10-jpeg.tar.gz"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for rendezvous and Ray nodes)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def make_image_folder(root: Path, classes: int = 3, per_class: int = 4, size: tuple[int, int] = (40, 48), seed: int = 0) -> Path:
@@ -30,6 +42,19 @@ def make_image_folder(root: Path, classes: int = 3, per_class: int = 4, size: tu
             pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(d / f"img{i:03d}.jpg", quality=90)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and spinning OpenMP threads make runs crawl
+    when other processes share the cores. Modules that train use it with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -164,3 +189,53 @@ def write_random_embedding_store(
         manifest.shards[shard] = write_shard(path, meta, shard, ShardData(image_ids[start:stop], labels[start:stop], sizes[start:stop], records))
         manifest.save(path)
     return path, {"features": features, "boxes": all_boxes, "flips": all_flips}
+
+
+# fkd-train on a tiny store ------------------------------------------------------------------
+
+NUM_CROPS = 8
+SCHEME = "marginal-smoothing"
+"""The tiny store's crops per image and scheme (top-2)."""
+
+
+@dataclass
+class TinyData:
+    """An ImageFolder, a validation folder and a complete label store over exactly those images."""
+
+    train: Path
+    val: Path
+    store: Path
+    written: dict[str, np.ndarray]
+
+
+def make_tiny_data(root: Path, classes: int = 3, per_class: int = 4, seed: int = 0) -> TinyData:
+    train = make_image_folder(root / "train", classes=classes, per_class=per_class, size=(36, 40), seed=seed)
+    val = make_image_folder(root / "val", classes=classes, per_class=2, size=(36, 40), seed=seed + 1)
+    images = list_images(train)
+    sizes = np.array([tuple(load_image(images.path(i)).shape[-2:]) for i in range(len(images))])
+    store, written = write_random_store(
+        root / "store", scheme=SCHEME, top_k=2, num_classes=classes, num_crops=NUM_CROPS, num_images=len(images), shard_size=5,
+        image_ids=images.image_ids, sizes=sizes, labels=images.labels,
+    )
+    manifest = Manifest.load(store)  # name the classes like the folders (write_random_store says class0, ...)
+    manifest.meta.class_names = list(images.class_names)
+    manifest.save(store)
+    return TinyData(train, val, store, written)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyData:
+    return make_tiny_data(tmp_path_factory.mktemp("tiny"))
+
+
+def train_args(tiny: TinyData, out: Path, *extra: str) -> list[str]:
+    return [
+        "--store", str(tiny.store), "--data", str(tiny.train), "--val-data", str(tiny.val), "--model", "test_resnet",
+        "--input-size", "32", "--epochs", "2", "--batch-size", "4", "--crops-per-image", "2", "--workers", "0",
+        "--lr", "0.05", "--no-progress", "--output", str(out), *extra,
+    ]
+
+
+def read_summary(out: Path) -> list[dict[str, str]]:
+    with open(out / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))

@@ -21,18 +21,12 @@ from train.data import CropBatch, EpochSampler, MultiCropDataset, StoreCropPlann
 from train.device_replay import DecodeOnlyDataset, UncutBatch, collate_uncut, cut_crops, training_dataset
 from train.errors import SetupError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 MAX_LEVELS = 2
 """Largest difference (grey levels) between a device-cut crop and the worker's, bilinear and bicubic."""
 MAX_MOVED = 0.03
 """Largest fraction of pixel values that differ at all (measured on these noise images: 1.7 % bilinear, 0.5 % bicubic)."""
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def one_image_batch(image: torch.Tensor, fixed: np.ndarray, flips: np.ndarray) -> dict:

@@ -214,7 +214,7 @@ def test_label_tools_refuse_an_embedding_store_in_one_line(tmp_path: Path, capsy
     out = tmp_path / "run"
     code = train_main(["--store", str(path), "--data", str(images), "--model", "test_resnet", "--input-size", "32", "--epochs", "1",
                        "--batch-size", "2", "--crops-per-image", "1", "--workers", "0", "--no-progress", "--output", str(out)])
-    assert (code, capsys.readouterr().err) == (2, f"fkd-train: error: {holds}: this command needs a label store\n")
+    assert (code, capsys.readouterr().err) == (2, f"fkd-train: error: --store {holds}: this command needs a label store; pass it as --embed-store\n")
     assert not out.exists()
 
 
@@ -232,6 +232,7 @@ def test_info_describes_the_embedding(tmp_path: Path, capsys: pytest.CaptureFixt
     code, out, _ = run(capsys, "info", str(path))
     assert "embedding:    D=32, int8 (a float32 scale per crop), from pre-logits, normalization none\n" in out
     assert "scheme:" not in out and "format v4)" in out
+    assert "teacher view: 224x224 bicubic, precision fp32\n" in out and "temperature" not in out  # features come before any softmax
 
 
 def test_verify_passes_good_records_and_names_bad_ones(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,18 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_image_folder
+from conftest import free_port, make_image_folder
 from test_labelgen_e2e import assert_same_store
 from test_labelgen_worker import save_tiny_teacher
 
 RAY = Path(sys.executable).with_name("ray")
 LABELGEN = Path(sys.executable).with_name("fkd-labelgen")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def descendants(pid: int) -> list[int]:

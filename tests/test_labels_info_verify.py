@@ -51,6 +51,7 @@ def test_info_text_and_incomplete_store(random_store: tuple[Path, dict], capsys:
     assert code == 0
     assert "status:       complete\n" in out and "scheme:       marginal-smoothing, K=5\n" in out
     assert "crops:        16 per image, 160 in all\n" in out and "shards:       3 of 3 finished\n" in out
+    assert ", temperature 1.0, precision " in out
     manifest = Manifest.load(path)
     del manifest.shards[1]
     manifest.save(path)

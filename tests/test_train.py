@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import pickle
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +15,10 @@ import yaml
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
-from conftest import make_image_folder, write_random_store
+from conftest import NUM_CROPS, SCHEME, TinyData, make_tiny_data, read_summary, train_args
 from fkd import crops, quantize
 from fkd.images import list_images, load_image
-from fkd.store import LabelStore, Manifest
+from fkd.store import LabelStore
 from train.augment import build_crop_augment, seeded_rngs
 from train.checkpoint import CheckpointSaver, read_checkpoint, resolve_resume, rng_state, set_rng_state
 from train.cli import main
@@ -30,62 +28,9 @@ from train.data import (
 from train.errors import DataMismatchError, SetupError
 from train.runlog import RunLog
 
-NUM_CROPS = 8
-SCHEME = "marginal-smoothing"
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY_DEIT = ["deit_tiny_distilled_patch16_224", "--model-kwargs", "img_size=32", "patch_size=8", "depth=1", "embed_dim=32", "num_heads=2"]
-
-
-@dataclass
-class TinyData:
-    """An ImageFolder, a validation folder and a complete label store over exactly those images."""
-
-    train: Path
-    val: Path
-    store: Path
-    written: dict[str, np.ndarray]
-
-
-def make_tiny_data(root: Path, classes: int = 3, per_class: int = 4, seed: int = 0) -> TinyData:
-    train = make_image_folder(root / "train", classes=classes, per_class=per_class, size=(36, 40), seed=seed)
-    val = make_image_folder(root / "val", classes=classes, per_class=2, size=(36, 40), seed=seed + 1)
-    images = list_images(train)
-    sizes = np.array([tuple(load_image(images.path(i)).shape[-2:]) for i in range(len(images))])
-    store, written = write_random_store(
-        root / "store", scheme=SCHEME, top_k=2, num_classes=classes, num_crops=NUM_CROPS, num_images=len(images), shard_size=5,
-        image_ids=images.image_ids, sizes=sizes, labels=images.labels,
-    )
-    manifest = Manifest.load(store)  # name the classes like the folders (write_random_store says class0, ...)
-    manifest.meta.class_names = list(images.class_names)
-    manifest.save(store)
-    return TinyData(train, val, store, written)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and spinning OpenMP threads make runs crawl
-    when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyData:
-    return make_tiny_data(tmp_path_factory.mktemp("tiny"))
-
-
-def train_args(tiny: TinyData, out: Path, *extra: str) -> list[str]:
-    return [
-        "--store", str(tiny.store), "--data", str(tiny.train), "--val-data", str(tiny.val), "--model", "test_resnet",
-        "--input-size", "32", "--epochs", "2", "--batch-size", "4", "--crops-per-image", "2", "--workers", "0",
-        "--lr", "0.05", "--no-progress", "--output", str(out), *extra,
-    ]
-
-
-def read_summary(out: Path) -> list[dict[str, str]]:
-    with open(out / "summary.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def store_dataset(tiny: TinyData, n: int = 3, size: int = 24, seed: int = 0, augment=None) -> MultiCropDataset:
@@ -340,63 +285,6 @@ def test_recipe_file_gives_defaults_and_flags_override(tiny: TinyData, tmp_path:
     assert main(["-c", str(recipe), *args]) == 0
     saved = yaml.safe_load((out / "args.yaml").read_text())
     assert (saved["epochs"], saved["crops_per_image"], saved["lr"], saved["opt"]) == (1, 2, 0.05, "adamw")
-
-
-# ------------------------------------------------------------------------------- bad input
-
-
-def _expect_error(capsys: pytest.CaptureFixture, argv: list[str], message: str) -> None:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
-
-
-def test_store_of_other_images_is_refused_naming_missing_ids(tiny: TinyData, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    other = make_image_folder(tmp_path / "other", classes=3, per_class=3, size=(36, 40))
-    argv = train_args(tiny, tmp_path / "out")
-    argv[argv.index("--data") + 1] = str(other)
-    _expect_error(
-        capsys, argv,
-        f"3 of the store's 12 images are not under --data {other} (e.g. 'c0/img003.jpg', 'c1/img003.jpg', 'c2/img003.jpg')",
-    )
-
-
-def test_other_class_count_is_refused(tiny: TinyData, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    _expect_error(capsys, train_args(tiny, tmp_path / "out", "--num-classes", "5"), "--num-classes 5 differs from the store, which has 3 classes")
-
-
-def test_other_labels_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    data = make_tiny_data(tmp_path)
-    shifted = data.train / "shifted.csv"  # the same images, every label moved to the next class
-    shifted.write_text("".join(f"{e.image_id},{(e.label + 1) % 3}\n" for e in list_images(data.train).entries))
-    argv = train_args(data, tmp_path / "out")
-    argv[argv.index("--data") + 1] = str(shifted)
-    _expect_error(capsys, argv, "12 images have another label in the store than under --data: 'c0/img000.jpg (store 0, data 1)'")
-
-
-def test_incomplete_store_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    data = make_tiny_data(tmp_path)
-    manifest = Manifest.load(data.store)
-    del manifest.shards[1]
-    manifest.save(data.store)
-    _expect_error(capsys, train_args(data, tmp_path / "out"), "store is incomplete: 1 of 3 shards missing")
-
-
-def test_missing_val_dir_unknown_model_and_bad_config_are_clear(tiny: TinyData, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    argv = train_args(tiny, tmp_path / "out")
-    argv[argv.index("--val-data") + 1] = str(tmp_path / "nowhere")
-    _expect_error(capsys, argv, f"--val-data {tmp_path / 'nowhere'}: no such directory or list file")
-    argv = train_args(tiny, tmp_path / "out")
-    argv[argv.index("--model") + 1] = "resnet_18"
-    _expect_error(capsys, argv, "unknown model 'resnet_18'; did you mean resnet18")
-    _expect_error(capsys, train_args(tiny, tmp_path / "out", "--mode", "deit"), "--mode deit needs a distillation-token model")
-    _expect_error(capsys, train_args(tiny, tmp_path / "out", "--opt", "nosuch"), "--opt nosuch: Optimizer nosuch not found in registry")
-    _expect_error(capsys, train_args(tiny, tmp_path / "out", "--mixup", "0.8", "--mixup-prob", "2"), "mixup settings: prob must be in [0, 1]; got 2.0")
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("epochs: [1\n")
-    with pytest.raises(SystemExit) as exc:
-        main(["-c", str(bad), *train_args(tiny, tmp_path / "out")])
-    assert exc.value.code == 2 and f"cannot read config file {bad}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("num_crops", "n"), [(32, 4), (10, 4), (7, 3), (6, 6)])

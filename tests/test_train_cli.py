@@ -9,14 +9,16 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import REPO, make_image_folder
+from conftest import REPO, TinyData, make_image_folder, make_tiny_data, train_args
 
 import train.data
 import train.output
 import train.run
-from fkd.store import StoreCorruptError
+from fkd.images import list_images
+from fkd.store import Manifest, StoreCorruptError
 from train.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 HEAVY = ("torch", "timm", "ray", "h5py", "matplotlib")
 
@@ -33,15 +35,6 @@ def test_help_and_parser_import_nothing_heavy(module: str) -> None:
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "[]"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads; spinning OpenMP threads slow shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +151,60 @@ def test_dataloader_worker_errors_are_their_own_one_line(
     monkeypatch.setattr(train.data.MultiCropDataset, "__getitem__", bug)
     with pytest.raises(IndexError, match="Caught IndexError in DataLoader worker process 0"):
         main(supervised(images, out, "--workers", "1"))
+
+
+# ------------------------------------------------------------------------------- bad input
+
+
+def _expect_error(capsys: pytest.CaptureFixture, argv: list[str], message: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_store_of_other_images_is_refused_naming_missing_ids(tiny: TinyData, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    other = make_image_folder(tmp_path / "other", classes=3, per_class=3, size=(36, 40))
+    argv = train_args(tiny, tmp_path / "out")
+    argv[argv.index("--data") + 1] = str(other)
+    _expect_error(
+        capsys, argv,
+        f"3 of the store's 12 images are not under --data {other} (e.g. 'c0/img003.jpg', 'c1/img003.jpg', 'c2/img003.jpg')",
+    )
+
+
+def test_other_class_count_is_refused(tiny: TinyData, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _expect_error(capsys, train_args(tiny, tmp_path / "out", "--num-classes", "5"), "--num-classes 5 differs from the store, which has 3 classes")
+
+
+def test_other_labels_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = make_tiny_data(tmp_path)
+    shifted = data.train / "shifted.csv"  # the same images, every label moved to the next class
+    shifted.write_text("".join(f"{e.image_id},{(e.label + 1) % 3}\n" for e in list_images(data.train).entries))
+    argv = train_args(data, tmp_path / "out")
+    argv[argv.index("--data") + 1] = str(shifted)
+    _expect_error(capsys, argv, "12 images have another label in the store than under --data: 'c0/img000.jpg (store 0, data 1)'")
+
+
+def test_incomplete_store_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = make_tiny_data(tmp_path)
+    manifest = Manifest.load(data.store)
+    del manifest.shards[1]
+    manifest.save(data.store)
+    _expect_error(capsys, train_args(data, tmp_path / "out"), "store is incomplete: 1 of 3 shards missing")
+
+
+def test_missing_val_dir_unknown_model_and_bad_config_are_clear(tiny: TinyData, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = train_args(tiny, tmp_path / "out")
+    argv[argv.index("--val-data") + 1] = str(tmp_path / "nowhere")
+    _expect_error(capsys, argv, f"--val-data {tmp_path / 'nowhere'}: no such directory or list file")
+    argv = train_args(tiny, tmp_path / "out")
+    argv[argv.index("--model") + 1] = "resnet_18"
+    _expect_error(capsys, argv, "unknown model 'resnet_18'; did you mean resnet18")
+    _expect_error(capsys, train_args(tiny, tmp_path / "out", "--mode", "deit"), "--mode deit needs a distillation-token model")
+    _expect_error(capsys, train_args(tiny, tmp_path / "out", "--opt", "nosuch"), "--opt nosuch: Optimizer nosuch not found in registry")
+    _expect_error(capsys, train_args(tiny, tmp_path / "out", "--mixup", "0.8", "--mixup-prob", "2"), "mixup settings: prob must be in [0, 1]; got 2.0")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["-c", str(bad), *train_args(tiny, tmp_path / "out")])
+    assert exc.value.code == 2 and f"cannot read config file {bad}" in capsys.readouterr().err

@@ -4,47 +4,31 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 
-from test_train import TinyData, tiny, train_args  # noqa: F401  (tiny: the module-scoped data fixture)
+from conftest import TinyData, free_port, train_args
 from train.checkpoint import read_checkpoint
 
 WORLD_SIZE = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_main(rank: int, port: int, argv: list[str], record_dir: str) -> None:
-    """One rank: record every (epoch, image) the dataset is asked for, then run fkd-train."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    """One rank, as torchrun would start it, running fkd-train under tests/train_recorder.py."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), LOCAL_RANK=str(rank), GROUP_RANK="0", LOCAL_WORLD_SIZE=str(WORLD_SIZE),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), FKD_TEST_RECORD_DIR=record_dir)
     torch.set_num_threads(1)
-    from train import data
-    from train.cli import main
+    import train_recorder
 
-    seen: list[tuple[int, int]] = []
-    original = data.MultiCropDataset.__getitem__
-
-    def recording(self: data.MultiCropDataset, key: tuple[int, int]) -> data.CropSample:
-        seen.append(key)
-        return original(self, key)
-
-    data.MultiCropDataset.__getitem__ = recording
-    code = main(argv)
-    Path(record_dir, f"rank{rank}.json").write_text(json.dumps({"code": code, "seen": seen}))
+    train_recorder.run(argv)
 
 
 def test_two_gloo_ranks_train_on_disjoint_images_covering_the_store(tiny: TinyData, tmp_path: Path) -> None:
     out = tmp_path / "out"
     argv = train_args(tiny, out, "--batch-size", "2", "--model-ema")
-    mp.spawn(_rank_main, args=(_free_port(), argv, str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(_rank_main, args=(free_port(), argv, str(tmp_path)), nprocs=WORLD_SIZE, join=True)
     records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
     assert [r["code"] for r in records] == [0, 0]
     for epoch in (0, 1):

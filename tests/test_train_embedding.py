@@ -16,9 +16,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from conftest import write_random_embedding_store
-from test_train import NUM_CROPS, TinyData, make_tiny_data, one_torch_thread, read_summary, train_args  # noqa: F401 (fixture)
-from test_train_ddp import _free_port
+from conftest import NUM_CROPS, TinyData, free_port, make_tiny_data, read_summary, train_args, write_random_embedding_store
 
 from fkd.feature_losses import feature_loss
 from fkd.features import TeacherFeatures
@@ -34,6 +32,8 @@ from train.feature_modes import EmbeddingMode, OnlineFDMode
 from train.mixup import SoftTargetMixup
 from train.modes import one_hot_targets
 from train.projector import FeatureStudent, Projector, as_feature_map, build_projector
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 D = 16
 
@@ -261,7 +261,8 @@ def test_stores_of_other_crops_are_refused(data: EmbedData, tmp_path: Path, caps
     with pytest.raises(DataMismatchError, match=f"{rec.image_id}: the label store and the embedding store hold other crops of this image"):
         planner.plan(3, 0, rec.height, rec.width)
     assert main(embed_args(data, out, "--embed-store", str(data.tiny.store))) == 2  # a label store where embeddings belong
-    assert "not embeddings: this command needs an embedding store" in capsys.readouterr().err
+    assert capsys.readouterr().err.endswith("not embeddings: this command needs an embedding store; pass it as --store\n")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(
@@ -331,7 +332,7 @@ def _ddp_rank(rank: int, port: int, argv: list[str], record_dir: str) -> None:
 def test_two_gloo_ranks_distill_features_with_a_classifier_that_gets_no_gradient(data: EmbedData, tmp_path: Path) -> None:
     """DDP must be told that some parameters (the classifier, here) get no gradient, or it fails at the second step."""
     out = tmp_path / "out"
-    mp.spawn(_ddp_rank, args=(_free_port(), embed_args(data, out, "--batch-size", "2"), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_rank, args=(free_port(), embed_args(data, out, "--batch-size", "2"), str(tmp_path)), nprocs=2, join=True)
     assert [(tmp_path / f"rank{r}.code").read_text() for r in range(2)] == ["0", "0"]
     last = read_checkpoint(out / "last.pth")
     assert last["epoch"] == 2 and torch.equal(last["model"]["fc.weight"], fresh_student().state_dict()["fc.weight"])

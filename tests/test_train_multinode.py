@@ -33,8 +33,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from test_labelgen_multinode import descendants, free_port
-from test_train import TinyData, tiny, train_args  # noqa: F401  (tiny: the module-scoped data fixture)
+from conftest import TinyData, free_port, train_args
+from test_labelgen_multinode import descendants
 from train.checkpoint import read_checkpoint
 
 RECORDER = Path(__file__).with_name("train_recorder.py")

@@ -13,7 +13,7 @@ import torch
 import yaml
 from timm.data.auto_augment import rand_augment_transform
 
-from test_train import TinyData, make_tiny_data, one_torch_thread  # noqa: F401 (an autouse fixture)
+from conftest import TinyData, make_tiny_data
 from train.aug_levels import AUG_LEVELS, apply_aug_level
 from train.augment import PHOTOMETRIC_OPS, build_eraser
 from train.cli import main
@@ -22,6 +22,8 @@ from train.distributed import DistInfo
 from train.engine import Normalizer, Trainer, evaluate, train_one_epoch
 from train.mixup import MixInfo, SoftTargetMixup
 from train.modes import DeiTMode
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 VIT_RECIPES = [

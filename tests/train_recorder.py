@@ -1,8 +1,9 @@
 """fkd-train (``train.cli.main``) for one torchrun worker, recording what the test cannot see from outside.
 
 fkd-train writes nothing per rank, so tests/test_train_multinode.py launches this script under real
-``torchrun`` processes instead of ``-m train.cli``: it wraps ``MultiCropDataset.__getitem__`` (as
-tests/test_train_ddp.py does in-process) and passes its arguments to fkd-train unchanged.
+``torchrun`` processes instead of ``-m train.cli`` (and tests/test_train_ddp.py calls ``run`` in the
+ranks it spawns): it wraps ``MultiCropDataset.__getitem__`` and passes its arguments to fkd-train
+unchanged.
 
 Environment:
   FKD_TEST_RECORD_DIR  directory for ``rank{RANK}.pid`` at the start (this process's pid, so the test
@@ -27,7 +28,8 @@ from train import data
 from train.cli import main
 
 
-def run() -> int:
+def run(argv: "list[str] | None" = None) -> int:
+    """fkd-train with ``argv`` (default: this script's arguments), recorded as the module docstring says."""
     record_dir = Path(os.environ["FKD_TEST_RECORD_DIR"])
     rank = os.environ["RANK"]
     (record_dir / f"rank{rank}.pid").write_text(str(os.getpid()))
@@ -44,7 +46,7 @@ def run() -> int:
         return original(self, key)
 
     data.MultiCropDataset.__getitem__ = recording
-    code = main(sys.argv[1:])
+    code = main(sys.argv[1:] if argv is None else argv)
     placement = {name: int(os.environ[name]) for name in ("RANK", "GROUP_RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "WORLD_SIZE")}
     record = {"code": code, "seen": seen, "agent_pid": os.getppid(), **placement}
     (record_dir / f"rank{rank}.json").write_text(json.dumps(record))

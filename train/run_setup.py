@@ -22,7 +22,7 @@ from fkd.embedding_spec import EmbeddingSpec
 from fkd.features import FeatureSourceError, TeacherFeatures
 from fkd.images import ImageList, list_images
 from fkd.sources import ImageSource
-from fkd.store import LabelStore
+from fkd.store import LabelStore, StorePayloadError
 from fkd.tars import is_tar_data
 from fkd.teachers import Teacher, create_teacher
 
@@ -65,10 +65,21 @@ class TrainData:
     embedding: "EmbeddingSpec | None" = None
 
 
+def open_store(path: "str | None", payload: str, flag: str, other_flag: str) -> "LabelStore | None":
+    """The store given as ``flag`` (None when not given); one of the other payload is refused
+    with the flag that reads it, the usual mix-up between the two."""
+    if not path:
+        return None
+    try:
+        return LabelStore(path, payload=payload)
+    except StorePayloadError as exc:
+        raise SetupError(f"{flag} {exc}; pass it as {other_flag}") from exc
+
+
 def open_stores(args: argparse.Namespace) -> tuple["LabelStore | None", "LabelStore | None"]:
     """(label store, embedding store), each None when not given; a pair is checked to match."""
-    labels = LabelStore(args.store) if args.store else None
-    embeddings = LabelStore(args.embed_store, payload="embedding") if args.embed_store else None
+    labels = open_store(args.store, "labels", "--store", "--embed-store")
+    embeddings = open_store(args.embed_store, "embedding", "--embed-store", "--store")
     if labels is not None and embeddings is not None:
         check_paired_stores(labels, embeddings)
     return labels, embeddings

@@ -34,6 +34,7 @@ from benchmarks.common import CACHE, KERAS_TEACHER, balanced_subset, markdown_ta
 from fkd import embedding_codec  # noqa: E402
 from fkd.crops import CropParams, boxes_to_fixed, replay_fixed, sample_crops  # noqa: E402
 from fkd.embedding_spec import EmbeddingSpec  # noqa: E402
+from fkd.features import create_feature_extractor  # noqa: E402
 from fkd.images import list_images, read_image  # noqa: E402
 from fkd.store import EmbeddingLayout, LabelStore, ShardData, compress_records, new_meta, open_for_writing, write_shard  # noqa: E402
 from fkd.store.layout import PayloadField  # noqa: E402
@@ -76,8 +77,7 @@ def teacher_features(per_class: int, num_crops: int) -> tuple[torch.Tensor, Crop
     data = balanced_subset("train", per_class)
     images = list_images(data)
     model = create_model()
-    names = list(model._modules)
-    body = model[: names.index(FEATURE_LAYER) + 1]
+    body = create_feature_extractor(model, FEATURE_LAYER, "the Keras teacher")
     size = PRETRAINED_CFG["input_size"][1:]
     fixed, flips, sizes, prints, features = [], [], [], [], []
     with torch.inference_mode():

@@ -165,8 +165,9 @@ def format_info(info: StoreInfo) -> str:
         f"per crop:     {per_crop} stored, {info.raw_bytes_per_crop:.1f} B uncompressed",
         f"crop params:  scale {tuple(info.crop_scale)}, ratio {tuple(round(r, 4) for r in info.crop_ratio)}, "
         f"flip p={info.flip_prob}, {seed}",
-        f"teacher view: {info.input_size[0]}x{info.input_size[1]} {info.interpolation}, temperature {info.temperature}, "
-        f"precision {info.teacher_precision}",
+        f"teacher view: {info.input_size[0]}x{info.input_size[1]} {info.interpolation}, "
+        + ("" if info.embedding is not None else f"temperature {info.temperature}, ")  # features are taken before any softmax
+        + f"precision {info.teacher_precision}",
         "fingerprints: " + ("CRC-32 of every image file (checked by fkd-train and show)" if info.image_fingerprint == "crc32"
                             else "none (older store: images are matched by path and size only)"),
     ]
