@@ -161,7 +161,7 @@ def accuracy_vit(r: dict, png: str) -> str:
         f"epoch(s), warm-up {s['warmup_fraction']:.0%} of it). Teacher (the Keras CNN: a convnet, as DeiT recommends) top-1 on these test "
         f"images: **{r['teacher_top1']:.2f} %**. Test top-1 is the last epoch's; spread is the sample std over seeds. {s['jobs']} run(s) at "
         f"a time, {s['threads']} thread(s) each; wall s is per run.", "",
-        markdown_table(r["rows"], VIT_COLUMNS), "", "DeiT's claims at this budget:", "",
+        markdown_table(r["rows"], VIT_COLUMNS), "", "DeiT's claims, and FKD's, at this budget:", "",
     ]
     return "\n".join(lines + [verdict(c) for c in r["claims"]])
 
@@ -229,6 +229,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict, str], str], str]] = {
     "accuracy-vit": ("accuracy/accuracy-vit", accuracy_vit, ""),
     "accuracy-fd": ("accuracy/accuracy-fd", accuracy_fd, ""),
     "train-speed": ("speed/train_speed", train_speed, ""),
+    "train-speed-gpu": ("speed/train_speed-gpu", train_speed, ""),
     "reader": ("speed/reader", reader, ""),
     "labelgen": ("speed/labelgen", labelgen, ""),
     "loader": ("speed/loader", loader, ""),
@@ -236,7 +237,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict, str], str], str]] = {
 """README block -> (JSON path stem under benchmarks/, renderer, PNG stem)."""
 
 
-SINGLE_SETTING = {"accuracy-scale", "accuracy-vit", "accuracy-fd", "embedding-storage"}
+SINGLE_SETTING = {"accuracy-scale", "accuracy-vit", "accuracy-fd", "embedding-storage", "train-speed-gpu"}
 """Blocks with one setting (no --quick variant)."""
 
 

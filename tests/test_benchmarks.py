@@ -132,6 +132,7 @@ def test_report_marks_missing_results_and_is_idempotent(tmp_path: Path, monkeypa
 # The ViT block (bench_vit.py) and the ViT rows of the training-speed benchmark -------------------
 
 import argparse  # noqa: E402
+import hashlib  # noqa: E402
 import json  # noqa: E402
 
 from benchmarks.accuracy import bench_accuracy, bench_vit  # noqa: E402
@@ -174,8 +175,8 @@ def test_cnn_runs_keep_their_argv_and_vit_rows_add_their_flags(monkeypatch, tmp_
                                                "--epochs", "4", "--batch-size", "64", "--crops-per-image", "2",
                                                "--store", "/stores/full-k10", "--stored-crops", "cycle", "--gt-weight", "0.3"]
     assert [run.name for run in vit_runs] == [
-        "supervised-n4", "online-kd-soft-n4", "online-kd-hard-n4", "fkd-marginal-smoothing-k5-n4", "fkd-full-n4", "fkd-hardening-gt0.5-n4",
-        "deit-full-hard-n4", "deit-full-soft-n4"]
+        "supervised-n4", "online-kd-soft-n4", "online-kd-hard-n4", "online-kd-n4", "online-kd-ra-n4", "fkd-marginal-smoothing-k5-n4",
+        "fkd-full-n4", "fkd-full-ra-n4", "fkd-hardening-gt0.5-n4", "deit-full-hard-n4", "deit-full-soft-n4"]
     shared = ["--epochs", "1", "--batch-size", "32", "--crops-per-image", "4", "--model-kwargs", *bench_vit.MODEL_KWARGS, *bench_vit.FLAGS,
               "--warmup-epochs", "0.1"]
     deit_hard = argv["deit-full-hard-n4-seed0"]
@@ -187,6 +188,36 @@ def test_cnn_runs_keep_their_argv_and_vit_rows_add_their_flags(monkeypatch, tmp_
     assert soft[12 + len(shared):] == ["--store", "/stores/full", "--teacher-module", "fkd.zoo.keras_cifar10:create_model",
                                        "--kd", "soft", "--kd-tau", "3", "--kd-alpha", "0.1"]
     assert argv["fkd-hardening-gt0.5-n4-seed0"][-6:] == ["--store", "/stores/hardening-k1", "--stored-crops", "cycle", "--gt-weight", "0.5"]
+    pure = argv["online-kd-n4-seed0"]  # fkd full's objective with the teacher in the loop
+    assert pure[12 + len(shared):] == ["--store", "/stores/full", "--teacher-module", "fkd.zoo.keras_cifar10:create_model", "--kd-alpha", "1.0"]
+    assert argv["fkd-full-n4-seed0"][12 + len(shared):] == ["--store", "/stores/full-k10", "--stored-crops", "cycle"]
+    ra = ["--randaugment", "rand-n2-m15-mmax15"]  # the -ra rows: the same argv plus AugReg medium1's RandAugment
+    assert argv["fkd-full-ra-n4-seed0"][12 + len(shared):] == [*ra, "--store", "/stores/full-k10", "--stored-crops", "cycle"]
+    assert argv["online-kd-ra-n4-seed0"][12 + len(shared):] == ["--store", "/stores/full", *ra, *pure[14 + len(shared):]]
+
+
+def test_a_finished_run_is_reused_only_while_its_recipe_is_unchanged(monkeypatch, tmp_path: Path):
+    """The cache key is the argv, which names the recipe by path: an edited recipe must rerun."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("lr: 0.1\n")
+    run = Run("fkd", "full", 10, 4, 0, recipe=recipe)
+    argv = ["fkd-train", *_argvs(monkeypatch, tmp_path, [run], 1280)["fkd-full-n4-seed0"]]
+    done = tmp_path / "fkd-full-n4-seed0" / "benchmark.json"
+    args = argparse.Namespace(samples_per_step=128, epoch_unit=1, threads=1)
+    monkeypatch.setattr(bench_accuracy, "script", lambda name: name)
+
+    def reused(record: dict) -> bool:
+        done.parent.mkdir(exist_ok=True)
+        done.write_text(json.dumps({"argv": argv, "result": {"top1": 50.0}, **record}))
+        try:
+            return bench_accuracy.train(run, args, common.LabelSetting(128, 32), Path("/data"), Path("/test"), tmp_path)["reused"]
+        except _Stop:  # run_logged was called: the run would be trained again
+            return False
+
+    assert reused({"recipe_sha256": hashlib.sha256(b"lr: 0.1\n").hexdigest()})
+    assert reused({})  # written before the hash was kept: its argv is all there is to go by
+    recipe.write_text("lr: 0.2\n")
+    assert not reused({"recipe_sha256": hashlib.sha256(b"lr: 0.1\n").hexdigest()})
 
 
 def _vit_row(name: str, top1: float, std: "float | None") -> dict:
@@ -195,16 +226,22 @@ def _vit_row(name: str, top1: float, std: "float | None") -> dict:
 
 def test_vit_claims_read_deit_claims_with_their_seed_spread():
     rows = [_vit_row("deit-full-hard-n4", 40.0, 0.3), _vit_row("deit-full-soft-n4", 39.0, 0.4), _vit_row("online-kd-hard-n4", 38.0, 1.0),
-            _vit_row("online-kd-soft-n4", 38.5, 0.0), _vit_row("fkd-hardening-gt0.5-n4", 39.8, 0.2)]
+            _vit_row("online-kd-soft-n4", 38.5, 0.0), _vit_row("fkd-hardening-gt0.5-n4", 39.8, 0.2), _vit_row("fkd-full-n4", 37.6, 0.3),
+            _vit_row("online-kd-n4", 38.0, 0.4), _vit_row("fkd-full-ra-n4", 33.0, 0.3), _vit_row("online-kd-ra-n4", 38.2, 0.4)]
     claims = bench_vit.vit_claims(rows)
-    assert [(c["holds"], c["clear"]) for c in claims] == [(True, True), (False, False), (True, False)]
+    assert [(c["holds"], c["clear"]) for c in claims] == [(True, True), (False, False), (True, False), (True, False), (True, True), (False, False)]
+    assert claims[4]["measured"] == "fkd-full-n4 37.60 vs fkd-full-ra-n4 33.00: +4.60 points, seed spread 0.42"
+    assert claims[3]["measured"] == "fkd-full-n4 37.60 vs online-kd-n4 38.00: -0.40 points, seed spread 0.50"
+    worse = bench_vit.vit_claims([{**r, "top1_mean": 37.4} if r["name"] == "fkd-full-n4" else r for r in rows])[3]
+    assert (worse["holds"], worse["clear"]) == (False, True)  # 0.6 under: beyond the 0.5-point tolerance and the spread
     assert claims[0]["measured"] == "deit-full-hard-n4 40.00 vs deit-full-soft-n4 39.00: +1.00 points, seed spread 0.50"
     assert claims[1]["measured"] == "online-kd-hard-n4 38.00 vs online-kd-soft-n4 38.50: -0.50 points, seed spread 1.00"
     assert bench_vit.verdict(claims[0]) == (
         "- DeiT claim 1: hard distillation beats soft with a convnet teacher (distillation token, stored labels): **holds**, "
         "beyond the seed spread (deit-full-hard-n4 40.00 vs deit-full-soft-n4 39.00: +1.00 points, seed spread 0.50)")
     one_seed = bench_vit.vit_claims([{**r, "top1_std": None} for r in rows])
-    assert [(c["holds"], c["clear"], c["spread"]) for c in one_seed] == [(True, False, None), (False, False, None), (True, False, None)]
+    assert [(c["holds"], c["clear"], c["spread"]) for c in one_seed] == [(True, False, None), (False, False, None), (True, False, None),
+                                                                         (True, False, None), (True, False, None), (False, False, None)]
     assert bench_vit.verdict(one_seed[2]) == (
         "- DeiT claim 2: the distillation token helps (the same hard objective and stored labels, with vs without the token): **holds**, "
         "no seed spread (one seed) (deit-full-hard-n4 40.00 vs fkd-hardening-gt0.5-n4 39.80: +0.20 points)")
@@ -216,7 +253,8 @@ def test_report_renders_the_vit_block(tmp_path: Path, monkeypatch):
     rows = [{**_vit_row(name, top1, 0.5), "student": "ViT", "targets": "t", "seeds": 2, "steps": 313, "vs_supervised": top1 - 30.0,
              "wall_seconds": 100.0, "train_samples_per_s": 250.0}
             for name, top1 in (("supervised-n4", 30.0), ("online-kd-soft-n4", 31.0), ("online-kd-hard-n4", 32.5), ("deit-full-hard-n4", 33.0),
-                               ("deit-full-soft-n4", 31.25), ("fkd-hardening-gt0.5-n4", 33.5))]
+                               ("deit-full-soft-n4", 31.25), ("fkd-hardening-gt0.5-n4", 33.5), ("online-kd-n4", 30.5), ("fkd-full-n4", 29.5),
+                               ("online-kd-ra-n4", 31.0), ("fkd-full-ra-n4", 25.0))]
     result = {"command": "cmd", "machine": machine, "wall_seconds": 1500.0, "teacher_top1": 76.57, "rows": rows,
               "claims": bench_vit.vit_claims(rows),
               "setting": {"model_kwargs": ["depth=4"], "recipes": ["a.yaml", "b.yaml"], "train_images": 10000, "store_crops": 32, "test_images": 10000,
@@ -229,9 +267,17 @@ def test_report_renders_the_vit_block(tmp_path: Path, monkeypatch):
     assert "#### Quick setting" not in text  # a full-setting-only block
     assert "313 optimizer steps of 32 images x 4 crops (1 epoch(s), warm-up 10% of it)" in text
     assert "| deit-full-hard-n4 | ViT | t | 2 | 313 | 33.00 | 0.50 | +3.00 | 100 | 250 |" in text
-    assert text.endswith(
+    assert (
         "- DeiT claim 2: the distillation token helps (the same hard objective and stored labels, with vs without the token): "
-        "**does not hold**, within the seed spread (deit-full-hard-n4 33.00 vs fkd-hardening-gt0.5-n4 33.50: -0.50 points, seed spread 0.71)")
+        "**does not hold**, within the seed spread (deit-full-hard-n4 33.00 vs fkd-hardening-gt0.5-n4 33.50: -0.50 points, seed spread 0.71)\n"
+    ) in text
+    assert (
+        "- FKD: stored labels reach the teacher in the loop within 0.5 points (the same objective: KL at tau 1 only): **does not hold**, "
+        "beyond the seed spread (fkd-full-n4 29.50 vs online-kd-n4 30.50: -1.00 points, seed spread 0.71)\n"
+    ) in text
+    assert text.endswith(
+        "- RandAugment (medium1) costs online KD: online-kd without it beats online-kd with it: **does not hold**, "
+        "within the seed spread (online-kd-n4 30.50 vs online-kd-ra-n4 31.00: -0.50 points, seed spread 0.71)")
     assert "hard distillation beats soft with a convnet teacher (class token only, teacher in the loop): **holds**, beyond the seed spread" in text
 
 

@@ -22,6 +22,7 @@ from train.distributed import DistInfo
 from train.engine import Normalizer, Trainer, evaluate, train_one_epoch
 from train.mixup import MixInfo, SoftTargetMixup
 from train.modes import DeiTMode
+from train.run_setup import recolour_warnings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -39,9 +40,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyData:
 
 
 @pytest.mark.parametrize("recipe", VIT_RECIPES)
-def test_each_vit_recipe_trains_with_its_values(tiny: TinyData, tmp_path: Path, recipe: str) -> None:
+def test_each_vit_recipe_trains_with_its_values(tiny: TinyData, tmp_path: Path, recipe: str, capsys: pytest.CaptureFixture) -> None:
     """The recipe as written, with data, size and length overridden by flags: one pass of 3 steps at
-    16 px on a one-block ViT; args.yaml then holds every value of the recipe that no flag replaced."""
+    16 px on a one-block ViT; args.yaml then holds every value of the recipe that no flag replaced.
+    Every one reads stored labels, so a recipe with RandAugment gets the recolouring warning."""
     out = tmp_path / "out"
     overrides = {
         "store": str(tiny.store), "data": str(tiny.train), "val-data": str(tiny.val), "output": str(out),
@@ -56,10 +58,20 @@ def test_each_vit_recipe_trains_with_its_values(tiny: TinyData, tmp_path: Path, 
     saved = yaml.safe_load((out / "args.yaml").read_text())
     kept = {key.replace("-", "_"): value for key, value in values.items() if key not in overrides}
     assert {key: saved[key] for key in kept} == kept
-    if "aug-level" in values and "mixup" not in values:
-        level = AUG_LEVELS[values["aug-level"]]
-        assert (saved["mixup"], saved["randaugment"]) == (level.mixup, level.randaugment)
+    warned = "warning: --randaugment recolours each crop after the teacher labelled it" in capsys.readouterr().out
+    assert saved["mode"] in ("fkd", "deit") and warned == bool(saved["randaugment"])
+    assert not saved["randaugment"] or recipe.startswith("train-imagenet-deit-tiny-distilled")  # DeiT's own recipe keeps DeiT's
     assert len((out / "log.jsonl").read_text().splitlines()) == 1
+
+
+def test_colour_augmentation_of_stored_crops_is_one_warning_naming_the_flags() -> None:
+    def warned(**given: "str | float | None") -> list[str]:
+        return recolour_warnings(argparse.Namespace(**({"color_jitter": 0.0, "randaugment": None} | given)))
+
+    assert warned() == [] and warned(randaugment="") == []  # '' is RandAugment off
+    assert warned(randaugment="rand-n2-m15")[0].startswith("--randaugment recolours each crop after the teacher labelled it: ")
+    both = warned(color_jitter=0.4, randaugment="rand-m9")
+    assert len(both) == 1 and both[0].startswith("--color-jitter and --randaugment recolour each crop after the teacher labelled it")
 
 
 def _args(**given: "str | float | None") -> argparse.Namespace:

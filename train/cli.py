@@ -65,13 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--randaugment", metavar="SPEC",
                    help="per-crop timm RandAugment, e.g. rand-m9-mstd0.5 (default off, or the --aug-level's; '' turns it off). Colour "
                         "ops only: the geometric ops (rotate, shear, translate) are left out because they would move pixels out of the "
-                        "box the stored label describes")
+                        "box the stored label describes. With stored labels it still recolours the crop after the teacher labelled it "
+                        "(fkd-train warns; the ViT block of benchmarks/README.md measures the cost)")
     g.add_argument("--aug-level", choices=tuple(AUG_LEVELS),
                    help="AugReg's named levels (How to train your ViT, big_vision vit_i1k.py): set --mixup ALPHA and "
                         "--randaugment rand-n2-mM where not given explicitly: " + AUG_LEVEL_HELP)
     g.add_argument("--reprob", type=float, default=0.0, metavar="P",
                    help="random erasing probability per crop (timm's RandomErasing, DeiT: 0.25; default 0 = off). It moves no "
-                        "pixels, so stored labels stay valid; like Mixup it is applied on top: the target describes the crop before erasing")
+                        "pixels; like Mixup it is applied on top: the target describes the crop before erasing")
     g.add_argument("--remode", choices=ERASE_MODES, default="pixel", help="random erasing fill, as in timm (default pixel: per-pixel normal noise)")
     g.add_argument("--recount", type=int, default=1, metavar="N", help="random erasing: up to N boxes per crop (default 1)")
     g.add_argument("--workers", type=int, default=4, help="DataLoader worker processes per training process (default 4)")

@@ -64,6 +64,19 @@ class TrainData:
     warnings: list[str]
     embedding: "EmbeddingSpec | None" = None
 
+RECOLOURED = (
+    "{flags} {verb} each crop after the teacher labelled it: a stored target is the teacher's word on the crop before, "
+    "not on what the student sees (online KD's teacher sees the recoloured crop). The ViT block of benchmarks/README.md "
+    "measures what RandAugment costs stored labels there; leave it out unless your own runs say otherwise"
+)
+
+
+def recolour_warnings(args: argparse.Namespace) -> list[str]:
+    """Per-crop colour augmentation moves no pixel, so it passes the stored-box check, but it changes
+    what the teacher would have said of the crop: a silent mismatch worth one line at the start."""
+    flags = [f for f, on in (("--color-jitter", args.color_jitter > 0), ("--randaugment", bool(args.randaugment))) if on]
+    return [RECOLOURED.format(flags=" and ".join(flags), verb="recolour" if len(flags) > 1 else "recolours")] if flags else []
+
 
 def open_store(path: "str | None", payload: str, flag: str, other_flag: str) -> "LabelStore | None":
     """The store given as ``flag`` (None when not given); one of the other payload is refused
@@ -105,7 +118,7 @@ def prepare_train_data(args: argparse.Namespace) -> TrainData:
         planner = StoreCropPlanner(store, args.crops_per_image, args.seed, args.allow_resized, order=args.stored_crops,
                                    paired=embeddings if labels is not None else None)
         spec = None if embeddings is None else embeddings.meta.embedding
-        return TrainData(images.source, planner, num_classes, store.meta.interpolation, store, warnings + notes, spec)
+        return TrainData(images.source, planner, num_classes, store.meta.interpolation, store, warnings + recolour_warnings(args) + notes, spec)
     if args.mode != "online-fd" or args.gt_weight:
         check_labels_known(images.labels, images.image_ids, "--data", args.mode)
     num_classes = args.num_classes or len(images.class_names)

@@ -23,6 +23,7 @@ top-1 of the last epoch (mean and spread over seeds), wall time and training sam
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import sys
@@ -68,6 +69,7 @@ class Run:
     kd: tuple[str, ...] = ("--kd-alpha", "1.0")  # online-kd: pure soft KD (--kd soft, --kd-tau 1: the defaults)
     extra: tuple[str, ...] = ()
     epochs: "int | None" = None  # None: the equal-work schedule's
+    tag: str = ""  # names what ``extra`` changes when two runs differ by it alone
 
     @property
     def name(self) -> str:
@@ -75,6 +77,7 @@ class Run:
         label += f"-{self.kd[self.kd.index('--kd') + 1]}" if "--kd" in self.kd and self.mode in DISTILL_MODES else ""
         extra = (f"-M{self.store_crops}" if self.store_crops else "") + (f"-gt{self.gt_weight:g}" if self.gt_weight else "")
         extra += "-random" if self.stored_crops != "cycle" else ""
+        extra += f"-{self.tag}" if self.tag else ""
         return f"{label}{extra}-n{self.crops}"
 
 
@@ -112,8 +115,13 @@ def train(run: Run, args: argparse.Namespace, setting: LabelSetting, data: Path,
         argv += ["--store", str(converted_store(store_setting, run.scheme, run.top_k)), "--stored-crops", run.stored_crops]
         argv += ["--gt-weight", str(run.gt_weight)] if run.gt_weight else []
     done = out / "benchmark.json"
-    if done.exists() and json.loads(done.read_text()).get("argv") == argv:
-        return {**json.loads(done.read_text())["result"], "reused": True}
+    recipe_sha256 = hashlib.sha256(run.recipe.read_bytes()).hexdigest()
+    if done.exists():
+        record = json.loads(done.read_text())
+        # The argv names the recipe by path: its hash tells an edited recipe from the one the run used
+        # (records written before the hash was kept are taken at their argv's word).
+        if record.get("argv") == argv and record.get("recipe_sha256", recipe_sha256) == recipe_sha256:
+            return {**record["result"], "reused": True}
     if out.exists():
         for stale in out.iterdir():
             stale.unlink()
@@ -129,7 +137,7 @@ def train(run: Run, args: argparse.Namespace, setting: LabelSetting, data: Path,
         "top1": epochs_log[-1]["val_top1"], "top5": epochs_log[-1]["val_top5"], "wall_seconds": wall,
         "train_samples": samples, "train_samples_per_s": samples / train_seconds,
     }
-    done.write_text(json.dumps({"argv": argv, "result": result}, indent=1))
+    done.write_text(json.dumps({"argv": argv, "recipe_sha256": recipe_sha256, "result": result}, indent=1))
     print(f"  {run.name} seed {run.seed}: top-1 {result['top1']:.2f} %, {wall:.0f} s, {result['train_samples_per_s']:.0f} samples/s", flush=True)
     return result
 

@@ -20,6 +20,11 @@ DataLoader and allocator), and per student the headline ratio fkd / online-kd.
 
 The quick setting trains resnet18 only: its online-kd row alone runs the regnety_160 teacher for
 about 330 s on 2 cores, and the ViT's would take as long again, past the 10-minute limit.
+
+On a GPU machine, a setting sized for it (the README's "On a GPU" table; about 6 minutes on one H200):
+
+    .venv/bin/python benchmarks/speed/bench_train_speed.py --per-class 250 --batch-size 128 --crops-per-image 4 \
+        --workers 8 --epochs 3 --threads 4 --out benchmarks/speed/train_speed-gpu.json
 """
 
 from __future__ import annotations
