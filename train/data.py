@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -187,10 +187,10 @@ class RandomCropPlanner:
 
 
 @dataclass
-class CropSample:
-    """One image's n crops: uint8 pixels (n, 3, s, s), payload (n, ...) or None, label, store index."""
+class CropTargets:
+    """What an image's sample carries besides pixels (``MultiCropDataset.targets``): the payload of
+    its n crops (n, ...) or None, label, store index and crop ids; shared by the cut and uncut samples."""
 
-    images: torch.Tensor
     indices: "torch.Tensor | None"
     values: "torch.Tensor | None"
     label: int
@@ -198,6 +198,13 @@ class CropSample:
     crop_ids: torch.Tensor
     embedding: "torch.Tensor | None" = None
     scales: "torch.Tensor | None" = None
+
+
+@dataclass
+class CropSample(CropTargets):
+    """One image's n crops: uint8 pixels (n, 3, s, s) and their targets."""
+
+    images: torch.Tensor = field(kw_only=True)
 
 
 class MultiCropDataset(Dataset):

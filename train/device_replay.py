@@ -21,7 +21,7 @@ is refused here rather than silently dropped.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import partial
 
 import numpy as np
@@ -33,27 +33,20 @@ from fkd.crops import fixed_to_boxes, parse_interpolation
 from fkd.sources import ImageSource
 
 from .augment import CropAugment
-from .data import PAYLOAD_FIELDS, CropBatch, CropPlanner, MultiCropDataset, collate_crops, collate_targets
+from .data import PAYLOAD_FIELDS, CropBatch, CropPlanner, CropTargets, MultiCropDataset, collate_crops, collate_targets
 from .errors import SetupError
 
 REPLAY_DEVICES = ("cpu", "cuda")
 
 
 @dataclass
-class UncutSample:
+class UncutSample(CropTargets):
     """One decoded image (uint8 (3, H, W)) and its n crops as pixel boxes (n, 4) (top, left,
-    height, width) and flips (n,), with ``MultiCropDataset.targets``."""
+    height, width) and flips (n,), with their targets."""
 
-    image: torch.Tensor
-    boxes: torch.Tensor
-    flips: torch.Tensor
-    indices: "torch.Tensor | None"
-    values: "torch.Tensor | None"
-    label: int
-    index: int
-    crop_ids: torch.Tensor
-    embedding: "torch.Tensor | None" = None
-    scales: "torch.Tensor | None" = None
+    image: torch.Tensor = field(kw_only=True)
+    boxes: torch.Tensor = field(kw_only=True)
+    flips: torch.Tensor = field(kw_only=True)
 
 
 class DecodeOnlyDataset(MultiCropDataset):
@@ -67,7 +60,7 @@ class DecodeOnlyDataset(MultiCropDataset):
         image, plan = self.decode(epoch, index)
         boxes = fixed_to_boxes(plan.boxes_fixed, *image.shape[-2:])
         flips = torch.from_numpy(np.asarray(plan.flips, dtype=bool))
-        return UncutSample(image, torch.from_numpy(boxes), flips, **self.targets(plan, index))
+        return UncutSample(image=image, boxes=torch.from_numpy(boxes), flips=flips, **self.targets(plan, index))
 
 
 @dataclass
