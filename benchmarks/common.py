@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fkd.store import FORMAT_VERSION
 from fkd.zoo import shared_dir
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -126,11 +127,18 @@ class LabelSetting:
         return f"train-{self.per_class}pc-M{self.crops}-s{self.seed}-scale{self.crop_scale[0]:g}-{self.crop_scale[1]:g}"
 
 
+def label_stores(setting: LabelSetting) -> Path:
+    """Where a setting's label stores are cached, keyed by the newest store format this fkd writes:
+    stores an older fkd wrote (full stores of probabilities before format version 5, which DeiT's
+    soft recipe refuses at tau 3) are never reused, their setting is labelled again."""
+    return CACHE / "stores" / f"v{FORMAT_VERSION}" / setting.key
+
+
 def full_store(setting: LabelSetting, workers: int = 1) -> tuple[Path, float | None]:
     """The full-scheme store of the real Keras teacher over the train subset, generated once with
     fkd-labelgen and cached. Returns (store, labelgen seconds, or None when it came from the cache)."""
     data = balanced_subset("train", setting.per_class, setting.seed)
-    out = CACHE / "stores" / setting.key / "full"
+    out = label_stores(setting) / "full"
     if (out / "store.json").exists() and json.loads((out / "store.json").read_text()).get("complete"):
         return out, None
     seconds = run_logged(
@@ -149,7 +157,7 @@ def converted_store(setting: LabelSetting, scheme: str, top_k: int) -> Path:
     source, _ = full_store(setting)
     if scheme == "full":
         return source
-    out = CACHE / "stores" / setting.key / f"{scheme}-k{top_k}"
+    out = label_stores(setting) / f"{scheme}-k{top_k}"
     if not (out / "store.json").exists() or not json.loads((out / "store.json").read_text()).get("complete"):
         run_logged([script("fkd-labels"), "convert", str(source), "--scheme", scheme, "--top-k", str(top_k),
                     "--out", str(out), "--overwrite"], out.parent / f"convert-{scheme}-k{top_k}.log")

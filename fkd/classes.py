@@ -34,6 +34,21 @@ def _examples(names: list[str], limit: int = 4) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
+def quoted(names: list[str], limit: int = 4) -> str:
+    """Class names as a user finds them on disk: quoted, the first ``limit`` of them."""
+    return _examples([repr(n) for n in names], limit)
+
+
+def folder_difference(names: list[str], reference: list[str]) -> str:
+    """Which class folders ``names`` has beyond ``reference`` and which of its classes have none,
+    by name ('' when the sets agree): a count alone leaves the user hunting for the 11th folder."""
+    known, present = set(reference), set(names)
+    extra = [n for n in names if n not in known]
+    missing = [n for n in reference if n not in present]
+    parts = [f"extra class folder{'s' if len(extra) > 1 else ''} {quoted(extra)}"] if extra else []
+    return ", ".join(parts + ([f"no class folder for {quoted(missing)}"] if missing else []))
+
+
 def has_labels(images: ImageList) -> bool:
     return any(e.label != UNKNOWN_LABEL for e in images.entries)
 
@@ -60,7 +75,8 @@ def check_class_space(images: ImageList, num_classes: int, teacher_names: "list[
             raise ClassSpaceError(f"--data has labels up to {top} but the teacher predicts {num_classes} classes; {MAP_HINT}")
         return
     if len(data_names) != num_classes:
-        raise ClassSpaceError(f"--data has {len(data_names)} classes ({_examples(data_names)}), not {teacher}; {MAP_HINT}")
+        named = f": {folder_difference(data_names, list(teacher_names))}" if teacher_names else ""
+        raise ClassSpaceError(f"--data has {len(data_names)} classes ({_examples(data_names)}), not {teacher}{named}; {MAP_HINT}")
     if teacher_names and data_names != list(teacher_names):
         diff = [f"{i}: data {a!r} vs teacher {b!r}" for i, (a, b) in enumerate(zip(data_names, teacher_names)) if a != b]
         order = " (the same names in another order)" if sorted(data_names) == sorted(teacher_names) else ""

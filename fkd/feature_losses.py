@@ -9,7 +9,10 @@ disabled (under AMP the projector's output arrives in float16/bfloat16), average
   the feature dimension without learned affine (zero mean, unit variance per vector, eps 1e-5 as
   ``nn.LayerNorm``), then ``smooth_l1(pred, whitened, beta=2.0)``, mean over all values. Whitening
   puts every target on one scale whatever the teacher's feature magnitudes, so no weight has to be
-  tuned per teacher; the student's projector learns to predict the whitened values.
+  tuned per teacher; the student's projector learns to predict the whitened values. An ensemble's
+  vector is its members' vectors concatenated (``segments``: each member's D): each member's slice
+  is whitened on its own, so a member of large features does not drown the others' in one shared
+  mean and variance, and every member weighs by its D alone. One segment is FD's loss, unchanged.
 - ``cosine``: ``1 - cos(pred, target)`` per vector, mean over vectors: the direction only.
 - ``mse``: ``(pred - target)^2`` mean over all values, on the target as given.
 
@@ -29,13 +32,21 @@ SMOOTH_L1_BETA = 2.0
 """FD's beta: quadratic for whitened errors below 2, linear beyond (robust to outlying dimensions)."""
 
 
-def whiten(features: torch.Tensor) -> torch.Tensor:
-    """LayerNorm over the last dimension without affine: FD's ``nn.LayerNorm(D, elementwise_affine=False)``."""
-    return normalize(features, "layernorm")
+def whiten(features: torch.Tensor, segments: "tuple[int, ...] | None" = None) -> torch.Tensor:
+    """LayerNorm over the last dimension without affine: FD's ``nn.LayerNorm(D, elementwise_affine=False)``;
+    with ``segments`` (D_1, ..., D_n summing to D), over each slice of D_i values on its own."""
+    if segments is not None and sum(segments) != features.shape[-1]:
+        raise ValueError(f"segments {list(segments)} do not add up to the features' {features.shape[-1]} values")
+    if segments is None or len(segments) == 1:
+        return normalize(features, "layernorm")
+    return torch.cat([normalize(part, "layernorm") for part in features.split(list(segments), dim=-1)], dim=-1)
 
 
-def feature_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, beta: float = SMOOTH_L1_BETA) -> torch.Tensor:
-    """``kind`` loss of ``pred`` against ``target`` (same shape, features over the last dimension)."""
+def feature_loss(
+    pred: torch.Tensor, target: torch.Tensor, kind: str, beta: float = SMOOTH_L1_BETA, segments: "tuple[int, ...] | None" = None
+) -> torch.Tensor:
+    """``kind`` loss of ``pred`` against ``target`` (same shape, features over the last dimension);
+    ``segments``: the ensemble members' parts of the features, whitened apart by ``smooth-l1``."""
     if kind not in FEATURE_LOSSES:
         raise ValueError(f"unknown feature loss {kind!r}; choose one of: {', '.join(FEATURE_LOSSES)}")
     if pred.shape != target.shape:
@@ -43,7 +54,7 @@ def feature_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, beta: floa
     with torch.autocast(device_type=pred.device.type, enabled=False):
         pred, target = pred.float(), target.float()
         if kind == "smooth-l1":
-            return F.smooth_l1_loss(pred, whiten(target), beta=beta)
+            return F.smooth_l1_loss(pred, whiten(target, segments), beta=beta)
         if kind == "cosine":
             return (1.0 - F.cosine_similarity(pred, target, dim=-1)).mean()
         return F.mse_loss(pred, target)

@@ -35,6 +35,7 @@ Sources (``source``):
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -42,7 +43,7 @@ import torch
 from torch import nn
 
 from .precision import teacher_precision
-from .teachers import Teacher
+from .teachers import DataConfig, Teacher, factory_model
 
 PRE_LOGITS = "pre-logits"
 POOLED = "pooled"
@@ -221,8 +222,25 @@ class TeacherFeatures:
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
-def check_timm_architecture(model_name: str, source: str, num_classes: "int | None" = None) -> None:
-    """``check_source`` on timm's ``model_name`` built on the meta device (no weights, no memory,
+def check_architecture(model: nn.Module, source: str, name: str, input_size: "tuple[int, int] | None" = None) -> None:
+    """``check_source``, then what the source gives, from a forward of a (1, 3, H, W) input on the
+    meta device (shapes only, no arithmetic): a source that gives no vector is refused as the first
+    real forward would. ``input_size`` defaults to the model's own (timm's data config)."""
+    extractor = create_feature_extractor(model, source, name)
+    try:
+        size = input_size or DataConfig.of(model).input_size
+        with torch.inference_mode():
+            extractor(torch.zeros((1, 3, *size), device="meta"))
+    except FeatureSourceError:
+        raise
+    except Exception:  # noqa: BLE001 - a model that cannot run on the meta device: the real forward decides
+        return
+
+
+def check_timm_architecture(
+    model_name: str, source: str, num_classes: "int | None" = None, input_size: "tuple[int, int] | None" = None
+) -> None:
+    """``check_architecture`` on timm's ``model_name`` built on the meta device (no weights, no memory,
     milliseconds), so a command refuses a bad source before it starts workers that load the teacher.
     Best effort: a name timm cannot build offline (a hub name) or on the meta device is left to
     ``create_feature_extractor`` when the teacher is loaded."""
@@ -231,9 +249,30 @@ def check_timm_architecture(model_name: str, source: str, num_classes: "int | No
     hub, _ = timm.models.parse_model_name(model_name)
     if hub is not None:
         return
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    model = _on_meta(lambda: timm.create_model(model_name, pretrained=False, **kwargs))
+    if model is not None:
+        check_architecture(model, source, f"teacher {model_name}", input_size)
+
+
+def check_factory_architecture(
+    spec: str, source: str, checkpoint: "str | None" = None, num_classes: "int | None" = None,
+    input_size: "tuple[int, int] | None" = None,
+) -> None:
+    """The same for a ``--teacher-module`` factory (``pkg.mod:factory``), called as the workers will
+    call it but on the meta device: no parameter memory, though the factory may read its checkpoint."""
+    model = _on_meta(lambda: factory_model(spec, checkpoint, num_classes))
+    if model is not None:
+        check_architecture(model, source, f"teacher {spec}", input_size)
+
+
+def _on_meta(build: Callable[[], nn.Module]) -> "nn.Module | None":
+    """``build()`` on the meta device, or None when it fails there (any failure here is reported,
+    properly, by the real load). Its warnings are silenced: loading real weights into meta
+    parameters warns once per tensor."""
     try:
-        with torch.device("meta"):
-            model = timm.create_model(model_name, pretrained=False, **({} if num_classes is None else {"num_classes": num_classes}))
-    except Exception:  # noqa: BLE001 - any failure here is reported, properly, by the real load
-        return
-    check_source(model, source, f"teacher {model_name}")
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return build()
+    except Exception:  # noqa: BLE001
+        return None

@@ -85,13 +85,20 @@ def _scan_image_folder(root: Path) -> ImageList:
     for label, name in enumerate(class_names):
         ids = []
         for folder, dirs, files in os.walk(root / name, followlinks=True):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            dirs[:] = [d for d in dirs if not d.startswith(".") and not _loops_back(Path(folder), d)]
             rel = Path(folder).relative_to(root).as_posix()
             ids.extend(f"{rel}/{f}" for f in files if is_image_file(f))
         if not ids:
             raise ValueError(f"class folder {root / name} has no image files (extensions: {', '.join(IMG_EXTENSIONS)})")
         entries.extend(ImageEntry(i, label) for i in sorted(ids))
     return ImageList(root, entries, class_names)
+
+
+def _loops_back(folder: Path, child: str) -> bool:
+    """Whether ``folder/child`` leads (through a link) back to ``folder`` or one of its parents: such
+    a link is not followed, so a loop is listed once, as the tar listing (``fkd.tars``) lists it."""
+    target, here = os.path.realpath(folder / child), os.path.realpath(folder)
+    return here == target or here.startswith(target.rstrip(os.sep) + os.sep)
 
 
 def _split_line(line: str) -> tuple[str, str | None]:

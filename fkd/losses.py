@@ -70,20 +70,25 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
 
 
 def teacher_distribution(
-    teacher: torch.Tensor, tau: float, teacher_is_prob: bool = False
+    teacher: torch.Tensor, tau: float, teacher_is_prob: bool = False, teacher_tau: float = 1.0
 ) -> torch.Tensor:
     """The teacher's distribution at temperature ``tau``, float32 (B, C).
 
-    From logits: ``softmax(t / tau)``. From probabilities ``p = softmax(t)`` (all a label store
-    keeps): ``p**(1/tau) / sum_c p_c**(1/tau)``, computed as ``softmax(log(p) / tau)``. The two are
-    equal because ``p_c**(1/tau) = exp(t_c/tau) / Z**(1/tau)`` and the common factor cancels in the
-    normalization. Zero probabilities (classes dropped by top-k storage) give ``log 0 = -inf`` and
-    stay exactly zero.
+    From logits: ``softmax(t / tau)``. From probabilities ``p = softmax(t / T)`` at temperature
+    ``T = teacher_tau``: ``p**(T/tau) / sum_c p_c**(T/tau)``, computed as ``softmax(T log(p) / tau)``.
+    The two are equal because ``p_c**(T/tau) = exp(t_c/tau) / Z**(T/tau)`` and the common factor
+    cancels in the normalization. Zero probabilities give ``log 0 = -inf`` and stay exactly zero (so
+    re-tempering is exact only where the probabilities kept the teacher's whole tail). At
+    ``T == tau`` the probabilities are the answer, only renormalized.
     """
     _check_tau(tau)
+    _check_tau(teacher_tau)
     with torch.autocast(device_type=teacher.device.type, enabled=False):
-        scores = torch.log(teacher.float()) if teacher_is_prob else teacher.float()
-        return F.softmax(scores / tau, dim=-1)
+        if not teacher_is_prob:
+            return F.softmax(teacher.float() / tau, dim=-1)
+        if teacher_tau == tau:
+            return teacher.float() / teacher.float().sum(dim=-1, keepdim=True)
+        return F.softmax(torch.log(teacher.float()) * (teacher_tau / tau), dim=-1)
 
 
 def kd_soft_loss(
@@ -91,6 +96,7 @@ def kd_soft_loss(
     teacher: torch.Tensor,
     tau: float,
     teacher_is_prob: bool = False,
+    teacher_tau: float = 1.0,
 ) -> torch.Tensor:
     """Hinton / DeiT soft distillation: ``tau**2 * KL(softmax(t/tau) || softmax(z/tau))``.
 
@@ -98,10 +104,10 @@ def kd_soft_loss(
     (``batchmean``): the true per-sample KL. DeiT's code divides by batch*classes instead, which
     silently shrinks the term by the number of classes. The ``tau**2`` factor keeps the gradient
     magnitude independent of ``tau`` (Hinton et al. 2015). ``teacher`` holds logits, or
-    probabilities when ``teacher_is_prob`` (see ``teacher_distribution``).
+    probabilities at ``teacher_tau`` when ``teacher_is_prob`` (see ``teacher_distribution``).
     """
     _check_same_shape(student_logits, teacher, "teacher")
-    q = teacher_distribution(teacher, tau, teacher_is_prob)
+    q = teacher_distribution(teacher, tau, teacher_is_prob, teacher_tau)
     log_s = _log_softmax_fp32(student_logits / tau)
     # kl_div uses xlogy(q, q), so entries with q == 0 contribute exactly 0 (no NaN).
     return F.kl_div(log_s, q, reduction="batchmean") * (tau * tau)
@@ -162,6 +168,7 @@ def deit_token_loss(
     alpha: float = 0.5,
     tau: float | None = None,
     teacher_is_prob: bool = False,
+    teacher_tau: float = 1.0,
 ) -> torch.Tensor:
     """DeiT's distillation-token loss: each head has its own target.
 
@@ -174,10 +181,10 @@ def deit_token_loss(
     - ``'soft'`` with ``tau=None``: ``teacher_dense`` holds probabilities already at the generation
       temperature (a label store's soft labels), so ``soft_target_cross_entropy(dist, teacher_dense)``.
       It differs from the KL only by the teacher's entropy, a constant: same gradient.
-    - ``'soft'`` with a ``tau``: ``kd_soft_loss(dist, teacher_dense, tau, teacher_is_prob)``;
-      ``teacher_dense`` holds logits, or probabilities when ``teacher_is_prob`` (re-tempered by
-      ``teacher_distribution``: exact for full distributions, an approximation for top-K labels whose
-      tail was filled in by a decoder).
+    - ``'soft'`` with a ``tau``: ``kd_soft_loss(dist, teacher_dense, tau, teacher_is_prob, teacher_tau)``;
+      ``teacher_dense`` holds logits, or probabilities at ``teacher_tau`` when ``teacher_is_prob``
+      (re-tempered by ``teacher_distribution``; with ``teacher_tau == tau``, as fkd-train's DeiT mode
+      passes them, they are used as they are).
 
     At inference timm's ``VisionTransformerDistilled`` averages the two heads.
     """
@@ -190,7 +197,7 @@ def deit_token_loss(
     elif tau is None:
         kd = soft_target_cross_entropy(dist_logits, teacher_dense)
     else:
-        kd = kd_soft_loss(dist_logits, teacher_dense, tau, teacher_is_prob)
+        kd = kd_soft_loss(dist_logits, teacher_dense, tau, teacher_is_prob, teacher_tau)
     return (1.0 - alpha) * base + alpha * kd
 
 

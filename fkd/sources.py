@@ -35,17 +35,22 @@ class BadImageError(ValueError):
 class ImageLocation:
     """Where one image's bytes are: a whole file, or the byte range of a member of an uncompressed
     tar shard (``member`` names it). Small and picklable, so Ray workers and DataLoader workers get
-    references, never open files; the bytes are read with ``os.pread``, nothing is extracted."""
+    references, never open files; the bytes are read with ``os.pread``, nothing is extracted.
+    ``problem`` says why a member cannot be read (a link that leads nowhere in its shard): reading
+    it raises ``BadImageError``, so it is reported like any corrupt image."""
 
     path: str
     offset: int = 0
     size: int = -1  # -1: the whole file
     member: str = ""
+    problem: str = ""
 
     def __str__(self) -> str:
         return self.path if self.size < 0 else f"{self.path} member {self.member}"
 
     def read_bytes(self) -> bytes:
+        if self.problem:
+            raise BadImageError(self, self.problem)
         if self.size < 0:
             return Path(self.path).read_bytes()
         with open(self.path, "rb") as f:  # opened per read: nothing to share or reopen after fork

@@ -276,16 +276,19 @@ def _factory(spec: str) -> Any:
     return factory
 
 
-def _factory_member(spec: str, checkpoint: Path | None, num_classes: int | None) -> _Member:
-    factory = _factory(spec)
+def factory_model(spec: str, checkpoint: str | os.PathLike | None = None, num_classes: int | None = None) -> nn.Module:
+    """``FACTORY(checkpoint=..., num_classes=...)`` of ``pkg.mod:factory``, an nn.Module with a ``pretrained_cfg``."""
     kwargs: dict[str, Any] = {"checkpoint": None if checkpoint is None else str(checkpoint)}
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    model = factory(**kwargs)
+    model = _factory(spec)(**kwargs, **({} if num_classes is None else {"num_classes": num_classes}))
     if not isinstance(model, nn.Module):
         raise TeacherError(f"teacher factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     if not hasattr(model, "pretrained_cfg"):
         model.pretrained_cfg = {}  # timm's defaults apply: 224 px, ImageNet mean/std, bicubic
+    return model
+
+
+def _factory_member(spec: str, checkpoint: Path | None, num_classes: int | None) -> _Member:
+    model = factory_model(spec, checkpoint, num_classes)
     if checkpoint is None and model.pretrained_cfg.get("file"):  # the factory's default weights file
         checkpoint = Path(model.pretrained_cfg["file"])
     member = _member(model, spec, checkpoint, spec, None)

@@ -2,7 +2,7 @@
 
 ``check_inputs`` runs before Ray starts (tens of seconds on a cluster): the listing, the output
 directory, the teacher's names, files and modules, and for ``--target embedding`` the data's class
-count and the feature source of every timm teacher (on its architecture, without weights). Once the
+count and the feature source of every teacher (on its architecture, on the meta device). Once the
 workers have loaded the teacher, its class space is known: ``class_space`` then refuses a K the
 teacher cannot fill and data whose classes are not the teacher's (fkd.classes), before any shard is
 planned. An embedding store does not use the teacher's classifier (the teacher may have none, or
@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from fkd.classes import ClassSpaceError, apply_class_map, check_class_space, read_class_map, store_class_names
-from fkd.features import FeatureSourceError, check_timm_architecture
+from fkd.features import FeatureSourceError, check_factory_architecture, check_timm_architecture
 from fkd.images import ImageList, list_images
 from fkd.teachers import TeacherError, check_teacher_spec
 
@@ -47,15 +47,21 @@ def check_inputs(
 
 def check_embedding(settings: EmbeddingSettings, images: ImageList, teacher_args: argparse.Namespace) -> None:
     """The data must name at least 2 classes (the store's ground truth, in the data's own space;
-    the format's minimum), and every timm teacher must have the feature source."""
+    the format's minimum), and every teacher must give a vector at the feature source (its
+    architecture on the meta device: timm's without weights, a factory's as the workers call it)."""
     if len(images.class_names) < 2:
         raise InputError(f"--target embedding keeps the data's own classes as ground truth and a store needs at least 2; "
                          f"--data {images.root} has {len(images.class_names)} (unlabeled, or one class)")
-    for name in teacher_args.teacher or []:
-        try:
-            check_timm_architecture(name, settings.source, teacher_args.num_classes)
-        except FeatureSourceError as exc:
-            raise InputError(f"--embedding-from: {exc}") from None
+    side = getattr(teacher_args, "input_size", None)  # fkd-labelgen's --input-size, which teacher_from_args reads too
+    size = (side, side) if side else None
+    try:
+        for name in teacher_args.teacher or []:
+            check_timm_architecture(name, settings.source, teacher_args.num_classes, size)
+        if teacher_args.teacher_module:  # the last member: its checkpoint, if any, is the last one
+            checkpoint = (teacher_args.checkpoint or [None])[-1]
+            check_factory_architecture(teacher_args.teacher_module, settings.source, checkpoint, teacher_args.num_classes, size)
+    except FeatureSourceError as exc:
+        raise InputError(f"--embedding-from: {exc}") from None
 
 
 def check_writable(out: Path) -> None:

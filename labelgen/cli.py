@@ -197,7 +197,8 @@ def embedding_settings(args: argparse.Namespace, parser: argparse.ArgumentParser
     members = len(args.teacher or []) + (args.teacher_module is not None)
     if members > 1 and args.embedding_norm != "none":
         parser.error(f"--embedding-norm {args.embedding_norm} with {members} teachers would normalize their concatenated features "
-                     "together, mixing their scales: use --embedding-norm none and normalize each teacher's part in training")
+                     "together, mixing their scales: it applies to one teacher; an ensemble stores raw features (leave --embedding-norm "
+                     "none) and fkd-train's smooth-l1 whitens each member's part separately")
     try:
         EmbeddingSpec(1, args.embedding_dtype, args.embedding_from, args.embedding_norm)
     except ValueError as exc:

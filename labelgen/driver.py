@@ -9,12 +9,9 @@ has a single writer. A shard is the unit of work, of retry and of resume.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +27,7 @@ from .messages import ImageRef, LabelSettings, ShardTask
 from .plan import chunks, image_refs, keep_good, pending_shards, previous_scan, store_meta
 from .pool import WorkerPool
 from .progress import ProgressBoard
+from .session import ray_session
 from .worker import WorkerConfig
 
 ARGS_FILE = "labelgen-args.yaml"
@@ -123,24 +121,6 @@ class Summary:
 
 def _stderr(message: str) -> None:
     tqdm.write(message, file=sys.stderr)  # keeps progress bars intact
-
-
-@contextmanager
-def ray_session(address: "str | None") -> Iterator[None]:
-    """Use a Ray instance already initialized by the caller; else join ``address`` (or RAY_ADDRESS)
-    or start a local instance, and shut down what was started here."""
-    if ray.is_initialized():
-        yield
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def resolve_sizing(workers: "int | None", cpus: "float | None", gpus: "float | None", device: str = "auto") -> Sizing:

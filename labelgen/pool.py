@@ -4,6 +4,10 @@ Plain actors scheduled with ``ray.wait`` (a stable Ray API) rather than Ray Data
 at a time, so a task that fails is known exactly, and an actor that dies (killed, out of memory,
 node lost) costs only the task it was running: the actor is replaced and the task resubmitted, at
 most ``max_retries`` times per task.
+
+Each actor is a ``RayWorker``: it runs in the driver's directory (``labelgen.session``) and keeps a
+teacher that would not load as one line for the driver to report, since Ray prints the traceback of
+an actor whose constructor raised on the driver's terminal (about 20 lines per worker).
 """
 
 from __future__ import annotations
@@ -11,15 +15,16 @@ from __future__ import annotations
 import os
 import re
 import sys
+import traceback
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import ray
-from ray.exceptions import RayActorError, RayError, RayTaskError
+from ray.exceptions import RayActorError, RayError
 
-from .errors import InputError, LabelgenError, ShardFailedError
-from .messages import TeacherInfo
+from .errors import BadImage, InputError, LabelgenError, ShardFailedError
+from .messages import ImageRef, ShardOutcome, ShardTask, TeacherInfo
 from .worker import LabelWorker, WorkerConfig
 
 T = TypeVar("T")
@@ -38,8 +43,43 @@ def describe_error(err: BaseException) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
+def one_line(exc: BaseException) -> str:
+    """``Type: message`` as Python's traceback ends, on one line (a multi-line message is joined)."""
+    return " ".join(line.strip() for line in "".join(traceback.format_exception_only(exc)).splitlines() if line.strip())
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+class RayWorker:
+    """A ``LabelWorker`` as a Ray actor, in the driver's working directory ``cwd`` when this node
+    has it (Ray starts it in the empty directory of ``labelgen.session``). A failure to load the
+    teacher is kept for ``problem()``, not raised: the other methods are only called once it loaded."""
+
+    def __init__(self, config: WorkerConfig, cwd: str):
+        if os.path.isdir(cwd):
+            os.chdir(cwd)
+        self.node = ray.util.get_node_ip_address()
+        self.worker: "LabelWorker | None" = None
+        self.load_error: "str | None" = None
+        try:
+            self.worker = LabelWorker(config)
+        except Exception as exc:  # noqa: BLE001 - any failure is the user's to read, in one line
+            self.load_error = one_line(exc)
+
+    def problem(self) -> "str | None":
+        """None once the teacher is loaded; else the end of a sentence that begins with the worker's name."""
+        return None if self.worker is not None else f"(node {self.node}) could not load the teacher: {self.load_error}"
+
+    def info(self) -> TeacherInfo:
+        return self.worker.info()
+
+    def check_images(self, images: list[ImageRef]) -> list[BadImage]:
+        return self.worker.check_images(images)
+
+    def label_shard(self, task: ShardTask, board: "ray.actor.ActorHandle | None" = None) -> ShardOutcome:
+        return self.worker.label_shard(task, board)
 
 
 class WorkerPool:
@@ -63,21 +103,27 @@ class WorkerPool:
         self._options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
         if env:
             self._options["runtime_env"] = {"env_vars": env}
-        self._actor_class = ray.remote(LabelWorker)
+        self._actor_class = ray.remote(RayWorker)
         self.actors = [self._spawn() for _ in range(size)]
 
     def _spawn(self) -> "ray.actor.ActorHandle":
-        return self._actor_class.options(**self._options).remote(self.config)
+        return self._actor_class.options(**self._options).remote(self.config, os.getcwd())
 
     def teacher_info(self) -> TeacherInfo:
-        """Wait until every actor has loaded its teacher; return what the first one loaded."""
+        """Wait until every actor has loaded its teacher (a bad name, checkpoint, module or device
+        stops the run, naming the first worker that failed); return what the first one loaded."""
+        problems = [actor.problem.remote() for actor in self.actors]
+        for i, ref in enumerate(problems):
+            try:
+                problem = ray.get(ref)
+            except RayActorError as err:  # the worker could not even start (its process died, or an import failed)
+                raise InputError(f"worker {i + 1} of {len(problems)} could not load the teacher: {describe_error(err)}") from None
+            if problem is not None:
+                raise InputError(f"worker {i + 1} of {len(problems)} {problem}")
         try:
-            infos = ray.get([actor.info.remote() for actor in self.actors])
-        except RayActorError as err:  # raised in LabelWorker.__init__: a bad name, checkpoint, module or device
-            raise InputError(f"the teacher could not be loaded: {describe_error(err)}") from None
-        except RayTaskError as err:
+            return ray.get(self.actors[0].info.remote())
+        except RayError as err:
             raise LabelgenError(f"the teacher could not be described: {describe_error(err)}") from None
-        return infos[0]
 
     def map_unordered(
         self,
@@ -119,7 +165,7 @@ class WorkerPool:
                 if err.actor_init_failed:
                     raise LabelgenError(f"a replacement worker could not load the teacher: {describe_error(err)}") from None
                 fresh = self._replace(actor)
-                starting[fresh.info.remote()] = fresh
+                starting[fresh.problem.remote()] = fresh
                 self._retry(queue, failures, i, name(tasks[i]), err)
             except RayError as err:
                 idle.append(actor)
@@ -130,11 +176,13 @@ class WorkerPool:
 
     @staticmethod
     def _started(actor: "ray.actor.ActorHandle", ready: "ray.ObjectRef") -> "ray.actor.ActorHandle":
-        """A replacement actor whose ``info()`` call finished: usable, unless loading failed."""
+        """A replacement actor whose ``problem()`` call finished: usable, unless loading failed."""
         try:
-            ray.get(ready)
+            problem = ray.get(ready)
         except RayError as err:
             raise LabelgenError(f"a replacement worker could not load the teacher: {describe_error(err)}") from None
+        if problem is not None:
+            raise LabelgenError(f"a replacement worker {problem}")
         return actor
 
     def _retry(self, queue: deque[int], failures: list[int], i: int, label: str, err: RayError) -> None:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from fkd import crops, quantize
 from fkd.images import list_images, load_image
-from fkd.store import Manifest, ShardData, compress_records, new_meta, open_for_writing, write_shard
+from fkd.store import LabelStore, Manifest, ShardData, compress_records, new_meta, open_for_writing, write_shard
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FKD_SHARED", REPO.parent / "shared"))
@@ -221,6 +221,21 @@ def make_tiny_data(root: Path, classes: int = 3, per_class: int = 4, seed: int =
     manifest.meta.class_names = list(images.class_names)
     manifest.save(store)
     return TinyData(train, val, store, written)
+
+
+def with_full_store(tiny: TinyData) -> TinyData:
+    """The tiny images with a full store of this fkd (log-probabilities, version 5) in place of the
+    tiny store (``tiny.store``'s sibling ``full``)."""
+    old = LabelStore(tiny.store)
+    store, written = write_random_store(
+        tiny.store.parent / "full", scheme="full", num_classes=old.meta.num_classes, num_crops=old.meta.num_crops,
+        num_images=len(old), shard_size=5, image_ids=old.image_ids, sizes=old.image_sizes, labels=old.labels,
+    )
+    manifest = Manifest.load(store)
+    manifest.meta.class_names = list(old.meta.class_names)
+    manifest.save(store)
+    assert manifest.meta.format_version == 5 and manifest.meta.full_log_probs
+    return TinyData(tiny.train, tiny.val, store, written)
 
 
 @pytest.fixture(scope="module")

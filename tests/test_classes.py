@@ -28,7 +28,8 @@ def test_matching_folders_pass_and_keep_their_names() -> None:
 @pytest.mark.parametrize(
     ("data", "teacher_names", "message"),
     [
-        (["cat", "dog"], CIFAR, "--data has 2 classes (cat, dog), not the teacher's 10 classes (airplane, automobile, bird, cat, ... (10 in all)); pass --class-map FILE"),
+        (["cat", "dog"], CIFAR, "--data has 2 classes (cat, dog), not the teacher's 10 classes (airplane, automobile, bird, cat, ... (10 in all)): "
+                                "no class folder for 'airplane', 'automobile', 'bird', 'deer', ... (8 in all); pass --class-map FILE"),
         (["cat", "dog"], None, "--data has 2 classes (cat, dog), not the teacher's 10 classes; pass --class-map"),
         (CIFAR[::-1], CIFAR, "the class names of --data differ from the teacher's (the same names in another order): 0: data 'truck' vs teacher 'airplane'"),
         ([f"n{i}" for i in range(10)], CIFAR, "the class names of --data differ from the teacher's: 0: data 'n0' vs teacher 'airplane'"),
@@ -101,3 +102,21 @@ def test_teachers_name_their_classes_from_their_config_or_timms_imagenet_synsets
     assert _class_names(timm.create_model("test_resnet", pretrained=False, num_classes=3), "x", 3) is None
     model.pretrained_cfg = {**model.pretrained_cfg, "label_names": ("a", "b", "c")}
     assert _class_names(model, None, 3) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (sorted([*CIFAR, "zebra"]), "--data has 11 classes (airplane, automobile, bird, cat, ... (11 in all)), not the teacher's 10 classes "
+                                    "(airplane, automobile, bird, cat, ... (10 in all)): extra class folder 'zebra'; pass --class-map FILE"),
+        (CIFAR[:-1], "--data has 9 classes (airplane, automobile, bird, cat, ... (9 in all)), not the teacher's 10 classes "
+                     "(airplane, automobile, bird, cat, ... (10 in all)): no class folder for 'truck'; pass --class-map FILE"),
+        (["cat", "dog", "wolf"], "not the teacher's 10 classes (airplane, automobile, bird, cat, ... (10 in all)): extra class folder 'wolf', "
+                                 "no class folder for 'airplane', 'automobile', 'bird', 'deer', ... (8 in all); pass --class-map FILE"),
+    ],
+)
+def test_a_class_count_that_differs_names_the_extra_and_missing_folders(data: list[str], message: str) -> None:
+    """An 11th folder among 10 classes used to be refused by count alone, leaving the user to find it."""
+    with pytest.raises(ClassSpaceError) as info:
+        check_class_space(folder(data), 10, CIFAR)
+    assert message in str(info.value)

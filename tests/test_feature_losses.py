@@ -70,3 +70,21 @@ def test_bad_input_is_refused() -> None:
 
 def test_the_cli_lists_the_same_names_without_importing_torch() -> None:
     assert EMBED_LOSSES == FEATURE_LOSSES and PROJECTORS == PROJECTOR_KINDS
+
+
+def test_smooth_l1_whitens_each_member_of_an_ensemble_apart() -> None:
+    """Target [a | b] of an ensemble (segments (2, 2)): whitened as LN(a) | LN(b). Row (1, 3 | 10, 30):
+    both slices whiten to (-s, s) with s = 1/sqrt(1 + eps) and 1/sqrt(1 + eps/100), where one LayerNorm
+    over the 4 values (mean 11, variance 131.5) would put a's slice at -10 / 11.47 and -8 / 11.47. pred (-1, 1, -1, 1) is then off by
+    1 - s each: (1 - s)^2 / 4 per value. One segment is the plain loss, bitwise."""
+    target, pred = torch.tensor([[1.0, 3.0, 10.0, 30.0]]), torch.tensor([[-1.0, 1.0, -1.0, 1.0]])
+    s1, s2 = 1 / math.sqrt(1 + 1e-5), 1 / math.sqrt(1 + 1e-7)
+    by_hand = (2 * (1 - s1) ** 2 / 4 + 2 * (1 - s2) ** 2 / 4) / 4
+    assert feature_loss(pred, target, "smooth-l1", segments=(2, 2)).item() == pytest.approx(by_hand, rel=1e-3, abs=1e-12)
+    whole = whiten(target)[0, :2].tolist()
+    assert whole == pytest.approx([-10 / math.sqrt(131.5), -8 / math.sqrt(131.5)], rel=1e-6)
+    assert torch.equal(feature_loss(pred, target, "smooth-l1", segments=(4,)), feature_loss(pred, target, "smooth-l1"))
+    # cosine and mse compare with the target as stored: segments change nothing.
+    assert feature_loss(pred, target, "mse", segments=(2, 2)).item() == feature_loss(pred, target, "mse").item()
+    with pytest.raises(ValueError, match=r"segments \[2, 3\] do not add up to the features' 4 values"):
+        feature_loss(pred, target, "smooth-l1", segments=(2, 3))

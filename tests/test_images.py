@@ -41,6 +41,19 @@ def test_image_folder_lists_sorted_classes_recursively_with_image_extensions(tmp
     np.testing.assert_array_equal(images.labels, [0, 0, 1, 1, 1])
 
 
+def test_folder_links_are_followed_but_a_loop_is_listed_once(tmp_path: Path) -> None:
+    """A link back to its own folder (``c0/self -> .``) would list nested copies without end (os.walk
+    stops at 40 levels); a link elsewhere in the tree is followed like a folder, as the tar listing does."""
+    root = make_image_folder(tmp_path / "data", classes=2, per_class=1)
+    (root / "c0" / "self").symlink_to(".", target_is_directory=True)
+    (root / "c0" / "up").symlink_to("..", target_is_directory=True)
+    (root / "c1" / "alias").symlink_to(root / "c0", target_is_directory=True)
+
+    ids = list_images(root).image_ids
+
+    assert ids == ["c0/img000.jpg", "c1/alias/img000.jpg", "c1/img000.jpg"]
+
+
 def test_missing_data_and_empty_folders_name_the_path(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="^" + re.escape(f"image data not found: {tmp_path / 'nope'}") + "$"):
         list_images(tmp_path / "nope")

@@ -111,3 +111,15 @@ def test_bad_inputs_are_refused_before_ray_starts(change, message, tmp_path, cap
     assert main([x for kv in options.items() for x in kv] + ["--no-pretrained", "--no-progress"]) == 2
     assert message in capsys.readouterr().err
     assert not ray.is_initialized() and not (tmp_path / "store").exists()
+
+
+def test_an_ensemble_is_told_where_its_embeddings_are_normalized(capsys):
+    """fkd-labelgen normalizes one teacher's features; an ensemble's are normalized per member by fkd-train."""
+    with pytest.raises(SystemExit) as exit_info:
+        resolve("--teacher", "a", "--teacher", "b", "--data", "D", "--out", "S", "--target", "embedding", "--embedding-norm", "l2")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "fkd-labelgen: error: --embedding-norm l2 with 2 teachers would normalize their concatenated features together, "
+        "mixing their scales: it applies to one teacher; an ensemble stores raw features (leave --embedding-norm none) "
+        "and fkd-train's smooth-l1 whitens each member's part separately"
+    )

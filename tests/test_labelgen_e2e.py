@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import zlib
 from pathlib import Path
@@ -17,7 +18,6 @@ import yaml
 from conftest import make_image_folder
 from fkd.crops import CropParams, boxes_to_fixed, replay_fixed, sample_crops
 from fkd.images import list_images, load_image
-from fkd.quantize import decode
 from fkd.store import LabelStore, Manifest
 from fkd.teachers import create_teacher
 from labelgen.cli import main
@@ -119,7 +119,7 @@ def test_store_is_complete_and_holds_the_teachers_labels(assets, baseline, capsy
             views = replay_fixed(pixels, rec.boxes_fixed, rec.flips, meta.input_size, meta.interpolation)
             with torch.inference_mode():
                 expected = teacher(views.float() / 255.0)
-            stored = decode(None, torch.from_numpy(rec.values.astype(np.float32)), "full", NUM_CLASSES)
+            stored = meta.label_codec().decode(None, torch.from_numpy(rec.values.astype(np.float32)))
             torch.testing.assert_close(stored, expected, rtol=2**-10, atol=1e-6)
     saved = yaml.safe_load((baseline / "labelgen-args.yaml").read_text())
     assert (saved["crops"], saved["scheme"], saved["overwrite"]) == (CROPS, "full", False)
@@ -193,7 +193,8 @@ def test_a_teacher_that_cannot_be_loaded_is_a_clean_error(assets, tmp_path, caps
     args[args.index(str(assets["teacher"]))] = str(broken)
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert f"fkd-labelgen: error: the teacher could not be loaded: fkd.teachers.TeacherError: cannot read teacher checkpoint {broken}" in err
+    assert re.search(rf"^fkd-labelgen: error: worker 1 of 2 \(node [\d.]+\) could not load the teacher: "
+                     rf"fkd\.teachers\.TeacherError: cannot read teacher checkpoint {re.escape(str(broken))}: ", err, re.M), err
     assert not (tmp_path / "store").exists()
 
 

@@ -1,5 +1,5 @@
-"""fkd-labels convert: every allowed conversion equals quantizing the teacher's probabilities
-directly, every impossible one is refused with what the source lacks."""
+"""fkd-labels convert: every allowed conversion equals quantizing the source's stored probabilities
+(the teacher's, as float16 kept them), every impossible one is refused with what the source lacks."""
 
 from __future__ import annotations
 
@@ -19,36 +19,44 @@ NUM_IMAGES, NUM_CROPS, NUM_CLASSES = 7, 6, 10
 
 
 def fp16_exact_probs(seed: int = 0) -> np.ndarray:
-    """Teacher probabilities (N, M, C) that float16 holds exactly: a full store keeps them unchanged,
-    so converting it must give exactly what quantizing these very numbers gives."""
+    """Teacher probabilities (N, M, C) that float16 holds exactly: a top-K store (and a full store
+    of probabilities) keeps them unchanged, so converting it must give exactly what quantizing these
+    very numbers gives."""
     rng = np.random.default_rng(seed)
     return rng.dirichlet(np.full(NUM_CLASSES, 0.3), size=(NUM_IMAGES, NUM_CROPS)).astype(np.float16).astype(np.float32)
 
 
-def store_from_probs(path: Path, probs: np.ndarray, scheme: str, top_k: int, shard_size: int = 3) -> Path:
+def store_from_probs(path: Path, probs: np.ndarray, scheme: str, top_k: int, shard_size: int = 3, format_version: "int | None" = None) -> Path:
+    """A store of ``encode(probs)``; ``format_version`` 3 with ``full``: an older full store, of float16 probabilities."""
     n, m, c = probs.shape
     meta = new_meta(
         scheme=scheme, top_k=top_k, num_classes=c, class_names=[f"k{i}" for i in range(c)], num_crops=m, num_images=n,
-        shard_size=shard_size, teachers=[{"name": "test"}],
+        shard_size=shard_size, teachers=[{"name": "test"}], format_version=format_version,
     )
     records = []
     for i in range(n):
         h, w = 30 + i, 40 + 2 * i
         crops = sample_crops(f"img{i}", h, w, m, seed=0)
-        payload = quantize.encode(probs[i], scheme, top_k)
+        payload = quantize.Payload(None, probs[i].astype(np.float16)) if format_version == 3 else quantize.encode(probs[i], scheme, top_k)
         records.append(ImageLabels(i, f"k{i % 2}/img{i}.jpg", i % 2, h, w, boxes_to_fixed(crops.boxes, h, w), crops.flips,
                                    payload.indices, payload.values))
     write_store(prepare_output(path, False), meta, records)
     return path
 
 
-def assert_payloads(path: Path, probs: np.ndarray, scheme: str, top_k: int) -> None:
-    """The store at ``path`` holds exactly encode(probs, scheme, top_k), image by image."""
+def stored_probs(probs: np.ndarray) -> np.ndarray:
+    """What a full store of this fkd (version 5) gives back of ``probs``: exp of their float16 ln p."""
+    return np.stack([np.exp(quantize.encode(p, "full").values.astype(np.float32)) for p in probs])
+
+
+def assert_payloads(path: Path, probs: np.ndarray, scheme: str, top_k: int, expected_payload=quantize.encode) -> None:
+    """The store at ``path`` holds exactly expected_payload(probs, scheme, top_k) (default: encode),
+    image by image."""
     store = LabelStore(path)
     assert store.meta.scheme == scheme and len(store) == len(probs)
     for i in range(len(store)):
         record = store.read(i)
-        expected = quantize.encode(probs[i], scheme, top_k)
+        expected = expected_payload(probs[i], scheme, top_k)
         for got, want in ((record.indices, expected.indices), (record.values, expected.values)):
             assert (got is None and want is None) or (got.dtype == want.dtype and np.array_equal(got, want)), (i, scheme, top_k)
 
@@ -76,11 +84,31 @@ ALLOWED = [
 def test_allowed_conversion_equals_quantizing_the_teacher_probabilities(
     tmp_path: Path, source: str, source_k: int, target: str, target_k: int
 ) -> None:
+    """A full source (log-probabilities) converts from its stored probabilities, exp(ln p), and to
+    full unchanged; a top-K source of every class becomes a full store of probabilities (version 3),
+    as no log-probability is made from float16-rounded probabilities."""
     probs = fp16_exact_probs()
     src = store_from_probs(tmp_path / "src", probs, source, max(source_k, 1))
     out = tmp_path / "out"
     assert main(["convert", str(src), "--scheme", target, "--top-k", str(max(target_k, 1)), "--out", str(out)]) == 0
-    assert_payloads(out, probs, target, max(target_k, 1))
+    if target == "full" and source != "full":
+        assert LabelStore(out).meta.format_version == 3
+        assert_payloads(out, probs, target, 0, lambda p, *_: quantize.Payload(None, p.astype(np.float16)))
+    else:
+        assert LabelStore(out).meta.format_version == (5 if target == "full" else 3)
+        assert_payloads(out, stored_probs(probs) if source == "full" and target != "full" else probs, target, max(target_k, 1))
+
+
+def test_an_older_full_store_of_probabilities_converts_from_its_values(tmp_path: Path) -> None:
+    """A version-3 full store keeps float16 probabilities: they are quantized as they are, and full
+    to full keeps them (and the version: its values never become log-probabilities)."""
+    probs = fp16_exact_probs(seed=5)
+    src = store_from_probs(tmp_path / "src", probs, "full", 1, format_version=3)
+    assert main(["convert", str(src), "--scheme", "marginal-smoothing", "--top-k", "3", "--out", str(tmp_path / "k3")]) == 0
+    assert_payloads(tmp_path / "k3", probs, "marginal-smoothing", 3)
+    assert main(["convert", str(src), "--out", str(tmp_path / "same")]) == 0
+    assert LabelStore(tmp_path / "same").meta.format_version == 3
+    assert_payloads(tmp_path / "same", probs, "full", 0, lambda p, *_: quantize.Payload(None, p.astype(np.float16)))
 
 
 def test_full_to_marginal_renorm_k5_via_cli_keeps_everything_else(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -89,7 +117,7 @@ def test_full_to_marginal_renorm_k5_via_cli_keeps_everything_else(tmp_path: Path
     out = tmp_path / "out"
     assert main(["convert", str(src), "--scheme", "marginal-renorm", "--top-k", "5", "--out", str(out), "--shard-size", "2"]) == 0
     assert f"wrote {out}: {NUM_IMAGES} images, scheme marginal-renorm, K=5, 4 shards" in capsys.readouterr().out
-    assert_payloads(out, probs, "marginal-renorm", 5)
+    assert_payloads(out, stored_probs(probs), "marginal-renorm", 5)
     old, new = LabelStore(src), LabelStore(out)
     assert new.meta.store_id != old.meta.store_id and new.meta.shard_size == 2 and new.meta.top_k == 5
     assert new.meta.differences(old.meta) == ["scheme", "shard_size"]  # the source recorded top_k=5 too

@@ -20,7 +20,7 @@ from torchvision.transforms import functional as TF
 from fkd.crops import fixed_to_boxes, replay, sample_crops
 from fkd.images import list_images
 from fkd.labels.cli import main
-from fkd.labels.import_fkd import pixel_boxes
+from fkd.labels.fkd_files import pixel_boxes
 from fkd.store import LabelStore
 
 CROPS, CLASSES = 8, 10
@@ -76,9 +76,9 @@ def test_export_is_what_the_official_trainer_loads(
             assert np.array_equal(pixel_boxes(coords.astype(np.float64), record.height, record.width),
                                   fixed_to_boxes(record.boxes_fixed, record.height, record.width))
             if scheme == "full":
-                assert np.array_equal(labels, record.values.astype(np.float32))
+                assert np.array_equal(labels, np.exp(record.values.astype(np.float32)))  # a version-5 store keeps ln p
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == sorted(
-        image_id.rsplit(".", 1)[0] + ".tar" for image_id in images.image_ids
+        [image_id.rsplit(".", 1)[0] + ".tar" for image_id in images.image_ids] + ["fkd-store.json"]  # + the settings for import-fkd
     )
 
 

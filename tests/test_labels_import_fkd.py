@@ -18,7 +18,7 @@ from fkd.crops import fixed_to_boxes, sample_crops
 from fkd.images import list_images
 from fkd.labels.cli import main
 from fkd.labels import import_fkd
-from fkd.labels.import_fkd import pixel_boxes
+from fkd.labels.fkd_files import pixel_boxes
 from fkd.labels.verify import verify_store
 from fkd.store import LabelStore, Manifest
 

@@ -57,8 +57,9 @@ def test_info_text_and_incomplete_store(random_store: tuple[Path, dict], capsys:
     manifest.save(path)
     code, out, _ = run(capsys, "info", str(path), "--json")
     info = json.loads(out)
-    assert code == 0 and info["complete"] is False and info["missing_shards"] == [1] and info["images_done"] == 6
-    assert "status:       INCOMPLETE: 1 shards missing (first: [1])" in run(capsys, "info", str(path))[1]
+    assert code == 1 and info["complete"] is False and info["missing_shards"] == [1] and info["images_done"] == 6  # as --help says
+    code, out, _ = run(capsys, "info", str(path))
+    assert code == 1 and "status:       INCOMPLETE: 1 shards missing (first: [1])" in out
 
 
 def test_info_sees_deleted_and_truncated_shards(random_store: tuple[Path, dict], capsys: pytest.CaptureFixture) -> None:
@@ -71,13 +72,13 @@ def test_info_sees_deleted_and_truncated_shards(random_store: tuple[Path, dict],
         f.truncate(size - 10)
     code, out, _ = run(capsys, "info", str(path), "--json")
     info = json.loads(out)
-    assert code == 0 and info["complete"] is False and info["missing_shards"] == []
+    assert code == 1 and info["complete"] is False and info["missing_shards"] == []
     assert info["damaged_shards"] == {
         "shard-00001.h5": "shard file is missing",
         "shard-00002.h5": f"shard is truncated: {size - 10} bytes, the manifest recorded {size}",
     }
     code, out, _ = run(capsys, "info", str(path))
-    assert (f"status:       DAMAGED: 2 finished shards (shard-00001.h5: shard file is missing; shard-00002.h5: shard is "
+    assert code == 1 and (f"status:       DAMAGED: 2 finished shards (shard-00001.h5: shard file is missing; shard-00002.h5: shard is "
             f"truncated: {size - 10} bytes, the manifest recorded {size}); 'fkd-labels verify {path} --repair-plan' says what to redo\n") in out
 
 
@@ -94,6 +95,32 @@ def test_a_path_without_a_store_is_a_bad_request(command: str, tmp_path: Path, c
     assert code == 2
     assert err == f"fkd-labels {command}: error: {tmp_path / 'nowhere'}: no such directory; pass a label store directory (written by fkd-labelgen)\n"
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("damage", ["unfinished", "truncated"])
+def test_every_command_exits_1_on_an_incomplete_or_damaged_store(
+    damage: str, random_store: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The exit status --help documents (1: damaged/incomplete store), for each command that reads a store."""
+    path, _ = random_store
+    if damage == "unfinished":
+        manifest = Manifest.load(path)
+        del manifest.shards[1]
+        manifest.save(path)
+        why = f"{path}: store is incomplete: 1 of 3 shards missing (first: [1]); rerun fkd-labelgen with the same arguments to finish it"
+    else:
+        size = shard_file(path, 1).stat().st_size
+        with open(shard_file(path, 1), "r+b") as f:
+            f.truncate(size - 10)
+        why = f"{shard_file(path, 1)}: shard is truncated: {size - 10} bytes, the manifest recorded {size}"
+    other, _ = write_random_store(tmp_path / "other", image_ids=[f"z/{i}.jpg" for i in range(10)])
+    for argv in (["info", str(path)], ["verify", str(path), "--quiet"], ["convert", str(path), "--out", str(tmp_path / "c")],
+                 ["export-fkd", str(path), "--out", str(tmp_path / "e")], ["merge", str(other), str(path), "--out", str(tmp_path / "m")],
+                 ["show", str(path), "--image", "c0/img006.jpg", "--data", str(tmp_path), "--out", str(tmp_path / "s.png")]):
+        code, _, err = run(capsys, *argv)
+        assert code == 1, argv
+        if argv[0] not in ("info", "verify"):  # they report on stdout
+            assert err.endswith(f"fkd-labels {argv[0]}: error: {why}\n"), argv
 
 
 def test_info_subset_counts(random_store: tuple[Path, dict], capsys: pytest.CaptureFixture) -> None:

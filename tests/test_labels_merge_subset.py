@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_random_store
+from conftest import write_random_embedding_store, write_random_store
 
 from fkd.images import ImageEntry, ImageList
 from fkd.labels.cli import main
@@ -66,6 +66,27 @@ def test_merge_refuses_overlaps_and_other_settings(tmp_path: Path, capsys: pytes
     assert f"{other} was made with other settings than {a} (seed: 0 vs 2; top_k: 5 vs 3)" in err
     assert main(["merge", str(a), "--out", str(tmp_path / "o")]) == 2
     assert "merge needs at least two stores" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_merge_names_the_differing_settings_in_one_readable_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A label store and an embedding store: the payload, not their metadata dicts."""
+    labels = part(tmp_path, "labels", 0, 5)
+    embedding, _ = write_random_embedding_store(tmp_path / "embedding", num_images=5, num_crops=16,
+                                                image_ids=[f"e/{i}.jpg" for i in range(5)])
+    assert main(["merge", str(labels), str(embedding), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == (
+        f"fkd-labels merge: error: {embedding} was made with other settings than {labels} (payload: labels vs embedding; "
+        "class_names: 10 names (class0, class1, class2, ...) vs 3 names (c0, c1, c2); num_classes: 10 vs 3); "
+        "only parts of one run can be merged\n"
+    )
+    other = part(tmp_path, "other", 5, 5, num_classes=12, num_crops=8)
+    assert main(["merge", str(labels), str(other), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == (
+        f"fkd-labels merge: error: {other} was made with other settings than {labels} (class_names: 10 names (class0, class1, "
+        "class2, ...) vs 12 names (class0, class1, class2, ...); num_classes: 10 vs 12; num_crops: 16 vs 8); "
+        "only parts of one run can be merged\n"
+    )
     assert not (tmp_path / "o").exists()
 
 

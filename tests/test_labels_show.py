@@ -13,7 +13,7 @@ from PIL import Image
 from fkd.crops import fixed_to_boxes, replay_fixed
 from fkd.images import list_images, load_image
 from fkd.labels.cli import main
-from fkd.labels.show import decoded_labels, draw, find_image
+from fkd.labels.show import draw, find_image
 from fkd.store import LabelStore
 
 
@@ -51,7 +51,7 @@ def test_figure_content(store_and_data: tuple[Path, Path]) -> None:
     assert [r.get_linestyle() for r in rectangles] == ["--" if f else "-" for f in record.flips[:10]]
     assert image_ax.get_title().startswith("c2/img003.jpg  (class: class2)\nfirst 10 of 12 crops")
     crops = replay_fixed(pixels, record.boxes_fixed[:3], record.flips[:3], tuple(store.meta.input_size), store.meta.interpolation)
-    labels = decoded_labels(record, store.meta.scheme, 10)
+    labels = record.decoded_labels(store.meta.label_codec())
     for n in range(3):
         crop_ax, bar_ax = rest[2 * n], rest[2 * n + 1]
         assert np.array_equal(crop_ax.get_images()[0].get_array(), crops[n].permute(1, 2, 0).numpy())

@@ -111,6 +111,19 @@ def test_teacher_probabilities_at_tau_equal_softmax_of_logits_over_tau(tau: floa
     )
 
 
+@pytest.mark.parametrize("teacher_tau", [2.0, 3.0])
+def test_teacher_probabilities_at_their_own_temperature_re_temper_from_it(teacher_tau: float) -> None:
+    """p = softmax(t / T): at tau, softmax(T log p / tau) = softmax(t / tau); at tau == T, p itself."""
+    tau = 3.0
+    p = F.softmax(tensor(T) / teacher_tau, dim=-1)
+    got = teacher_distribution(p, tau, teacher_is_prob=True, teacher_tau=teacher_tau)
+    assert torch.allclose(got, F.softmax(tensor(T) / tau, dim=-1), atol=1e-6)
+    expected = tau**2 * sum(kl(softmax(t, tau), softmax(z, tau)) for t, z in zip(T, Z)) / 2
+    assert kd_soft_loss(tensor(Z), p, tau, teacher_is_prob=True, teacher_tau=teacher_tau).item() == pytest.approx(expected, rel=1e-5)
+    if teacher_tau == tau:
+        assert torch.equal(got, p / p.sum(-1, keepdim=True))
+
+
 def test_kd_soft_loss_with_zero_probabilities_is_finite_and_exact() -> None:
     tau = 2.0
     expected = 0.0

@@ -34,10 +34,7 @@ from fkd.store import (
 
 
 def decoded(store: LabelStore, index: int) -> torch.Tensor:
-    rec = store.read(index)
-    idx = None if rec.indices is None else torch.from_numpy(rec.indices.astype(np.int64))
-    val = None if rec.values is None else torch.from_numpy(rec.values.astype(np.float32))
-    return quantize.decode(idx, val, store.meta.scheme, store.meta.num_classes)
+    return store.read(index).decoded_labels(store.meta.label_codec())
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -135,7 +132,7 @@ def test_wrong_format_version_and_hostile_metadata(random_store: tuple[Path, dic
     manifest_path = path / "store.json"
     original = json.loads(manifest_path.read_text())
     cases = [
-        ({"format_version": 99}, r"format version 99 is not supported \(this fkd reads versions 1, 2, 3, 4\)"),
+        ({"format_version": 99}, r"format version 99 is not supported \(this fkd reads versions 1, 2, 3, 4, 5\)"),
         ({"num_crops": "16"}, "metadata field num_crops must be an integer"),
         ({"num_crops": -3}, "num_crops must be in 1..65535"),
         ({"num_classes": 2**40}, "num_classes must be in"),

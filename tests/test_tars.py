@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import re
 import tarfile
 import zlib
 from pathlib import Path
@@ -23,6 +25,7 @@ from test_labelgen_worker import save_tiny_teacher
 @pytest.fixture(autouse=True)
 def index_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("FKD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(tars, "SETTLE_NS", 0)  # cache a shard however recently it was written
     return tmp_path / "cache"
 
 
@@ -104,8 +107,6 @@ def test_bad_tar_data_is_refused_naming_what_is_wrong(tmp_path: Path) -> None:
     (tmp_path / "a2" / "train-000.tar").rename(tmp_path / "a" / "train-001.tar")
     with pytest.raises(ValueError, match=r"image c0/img000.jpg is in two tar shards, .*train-000.tar and .*train-001.tar"):
         list_images(tmp_path / "a" / "train-{000..001}.tar")
-    with pytest.raises(FileNotFoundError, match=r"1 of the 3 tar shards of .* are missing, e.g. .*train-002.tar"):
-        list_images(tmp_path / "a" / "train-{000..002}.tar")
     with tarfile.open(tmp_path / "gz.tar", "w:gz") as tar:
         add_member(tar, "c0/x.jpg", b"x")
     with pytest.raises(ValueError, match=r"gz.tar: .*shards must be uncompressed tar files"):
@@ -115,6 +116,39 @@ def test_bad_tar_data_is_refused_naming_what_is_wrong(tmp_path: Path) -> None:
         add_member(tar, "c0/x.cls", b"cat")
     with pytest.raises(ValueError, match=r"c0/x.cls holds 'cat', not a non-negative integer class"):
         list_images(tmp_path / "cls.tar")
+
+
+def test_missing_shards_are_named_by_their_full_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = make_image_folder(tmp_path / "images", classes=2, per_class=2)
+    pack(folder, tmp_path / "a", shards=1)
+    monkeypatch.chdir(tmp_path / "a")
+    with pytest.raises(FileNotFoundError, match="^" + re.escape(
+            f"tar shards not found (1 of the 2 that train-{{000..001}}.tar names): {tmp_path}/a/train-001.tar")):
+        list_images("train-{000..001}.tar")
+    (tmp_path / "a" / "shards.txt").write_text("train-000.tar\n../b/train-001.tar\n../b/train-002.tar\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="^" + re.escape(
+            f"tar shards not found (2 of the 3 that a/shards.txt names): {tmp_path}/a/../b/train-001.tar, {tmp_path}/a/../b/train-002.tar")):
+        list_images("a/shards.txt")
+    (tmp_path / "a" / "train-000.tar").rename(tmp_path / "a" / "x-0.tar")
+    with pytest.raises(FileNotFoundError, match="^" + re.escape(
+            f"tar shards not found (5 of the 6 that a/x-{{0..5}}.tar names): {tmp_path}/a/x-1.tar, {tmp_path}/a/x-2.tar, "
+            f"{tmp_path}/a/x-3.tar and 2 more")):
+        list_images("a/x-{0..5}.tar")
+
+
+def test_an_image_without_a_class_member_is_named_with_its_shard(tmp_path: Path) -> None:
+    image = (make_image_folder(tmp_path / "images", classes=1, per_class=1) / "c0" / "img000.jpg").read_bytes()
+    with tarfile.open(tmp_path / "s-0.tar", "w") as tar:
+        add_member(tar, "x.jpg", image)
+        add_member(tar, "x.cls", b"1")
+    with tarfile.open(tmp_path / "s-1.tar", "w") as tar:
+        add_member(tar, "sub/y.jpg", image)
+        add_member(tar, "sub/y.txt", b"no class here")
+    with pytest.raises(ValueError, match="^" + re.escape(
+            f"tar shard {tmp_path}/s-1.tar: sub/y.jpg has no sub/y.cls member while other images have one: "
+            "every image needs a class (KEY.cls) or none does")):
+        list_images(tmp_path / "s-{0..1}.tar")
 
 
 def test_a_corrupt_member_is_a_bad_image_named_by_shard_and_member(tmp_path: Path) -> None:
@@ -129,18 +163,38 @@ def test_a_corrupt_member_is_a_bad_image_named_by_shard_and_member(tmp_path: Pat
 
 @pytest.fixture(scope="module")
 def cifar(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """3 CIFAR-10 test JPEGs per class as a folder, and the same files as 3 tar shards."""
+    """3 CIFAR-10 test JPEGs per class as a folder, with the links a real folder may hold: a hard
+    link and a symlink to other images, a symlink to a class folder (its images are listed again
+    under the link) and a dangling symlink (a bad image)."""
     if not CIFAR_DATA.is_file():
         pytest.skip(f"{CIFAR_DATA} not present")
     root = tmp_path_factory.mktemp("cifar-tars")
-    extract_cifar_test_images(root / "folder", 3)
-    return {"root": root, "folder": root / "folder", "teacher": save_tiny_teacher(root / "teacher.pth", num_classes=10)}
+    folder = extract_cifar_test_images(root / "folder", 3)
+    cat = sorted((folder / "cat").iterdir())[0]
+    os.link(cat, folder / "cat" / "hard.jpg")
+    (folder / "dog" / "sym.jpg").symlink_to(f"../cat/{cat.name}")
+    (folder / "cat" / "dogs").symlink_to("../dog")
+    (folder / "deer" / "dangling.jpg").symlink_to("gone.jpg")
+    return {"root": root, "folder": folder, "teacher": save_tiny_teacher(root / "teacher.pth", num_classes=10)}
+
+
+def pack_with_tar(folder: Path, out_dir: Path) -> str:
+    """``folder`` as tar packs it (links stay links), the first 3 classes in one shard and the rest in
+    another, with a classes.txt; returns the brace pattern naming them."""
+    classes = sorted(p.name for p in folder.iterdir())
+    out_dir.mkdir(parents=True)
+    for s, part in enumerate((classes[:3], classes[3:])):
+        with tarfile.open(out_dir / f"train-{s:03d}.tar", "w") as tar:
+            for name in part:
+                tar.add(folder / name, arcname=name)
+    (out_dir / tars.CLASS_LIST_NAME).write_text("".join(f"{name}\n" for name in classes))
+    return str(out_dir / "train-{000..001}.tar")
 
 
 def labelgen_argv(cifar: dict[str, Path], data: str, out: Path) -> list[str]:
     return ["--teacher", "test_resnet", "--checkpoint", str(cifar["teacher"]), "--no-pretrained", "--input-size", "32",
             "--data", data, "--out", str(out), "--crops", "4", "--scheme", "marginal-smoothing", "--top-k", "3",
-            "--seed", "5", "--shard-size", "8", "--batch-size", "16", "--workers", "1", "--no-progress"]
+            "--seed", "5", "--shard-size", "8", "--batch-size", "16", "--workers", "1", "--no-progress", "--skip-bad"]
 
 
 def test_a_store_from_cifar10_tars_equals_the_store_from_the_folder(cifar, tmp_path: Path, capsys) -> None:
@@ -150,7 +204,7 @@ def test_a_store_from_cifar10_tars_equals_the_store_from_the_folder(cifar, tmp_p
     from labelgen.cli import main as labelgen_main
     from train.cli import main as train_main
 
-    pattern = pack(cifar["folder"], tmp_path / "tars", shards=3)
+    pattern = pack_with_tar(cifar["folder"], tmp_path / "tars")
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     try:
         assert labelgen_main(labelgen_argv(cifar, str(cifar["folder"]), tmp_path / "from-folder")) == 0
@@ -158,7 +212,10 @@ def test_a_store_from_cifar10_tars_equals_the_store_from_the_folder(cifar, tmp_p
     finally:
         ray.shutdown()
     with LabelStore(tmp_path / "from-folder") as a, LabelStore(tmp_path / "from-tars") as b:
-        assert a.meta.settings() == b.meta.settings() and a.image_ids == b.image_ids and len(a) == 30
+        assert a.meta.settings() == b.meta.settings() and a.image_ids == b.image_ids and len(a) == 36
+        bad = [[image["image_id"] for image in store.meta.bad_images] for store in (a, b)]
+        assert bad == [["deer/dangling.jpg"]] * 2
+        assert {"cat/hard.jpg", "cat/dogs/sym.jpg", "dog/sym.jpg"} < set(b.image_ids)
         assert np.array_equal(a.labels, b.labels) and np.array_equal(a.image_sizes, b.image_sizes)
         for i in range(len(a)):
             ra, rb = a.read(i), b.read(i)
@@ -173,5 +230,5 @@ def test_a_store_from_cifar10_tars_equals_the_store_from_the_folder(cifar, tmp_p
     assert train_main([*train, "--output", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "last.pth").is_file()
     capsys.readouterr()
-    assert train_main([*train, "--data", str(tmp_path / "tars" / "train-{000..003}.tar"), "--output", str(tmp_path / "run2")]) == 2
+    assert train_main([*train, "--data", str(tmp_path / "tars" / "train-{000..002}.tar"), "--output", str(tmp_path / "run2")]) == 2
     assert "--data " in capsys.readouterr().err and not (tmp_path / "run2").exists()

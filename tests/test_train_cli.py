@@ -168,8 +168,25 @@ def test_store_of_other_images_is_refused_naming_missing_ids(tiny: TinyData, tmp
     argv[argv.index("--data") + 1] = str(other)
     _expect_error(
         capsys, argv,
-        f"3 of the store's 12 images are not under --data {other} (e.g. 'c0/img003.jpg', 'c1/img003.jpg', 'c2/img003.jpg')",
+        f"3 of the store's 12 images are not in --data {other} (e.g. 'c0/img003.jpg', 'c1/img003.jpg', 'c2/img003.jpg'); "
+        "was the store made from other images?",
     )
+
+
+def test_one_of_two_tar_shards_names_the_given_data_and_the_likely_cause(tiny: TinyData, tmp_path: Path, capsys) -> None:
+    """Before: '6 of the store's 12 images are not under --data <the working directory>'."""
+    from test_tars import pack
+
+    pattern = pack(tiny.train, tmp_path / "tars", shards=2)
+    first = str(tmp_path / "tars" / "train-000.tar")
+    argv = train_args(tiny, tmp_path / "out")
+    argv[argv.index("--data") + 1] = first
+    _expect_error(
+        capsys, argv,
+        f"6 of the store's 12 images are not in --data {first} (e.g. 'c1/img002.jpg', 'c1/img003.jpg', 'c2/img000.jpg', 'c2/img001.jpg', 'c2/img002.jpg' and 1 more); "
+        f"are all the store's tar shards given (e.g. 'train-{{0000..0099}}.tar')?",
+    )
+    assert pattern.endswith("train-{000..001}.tar")
 
 
 def test_other_class_count_is_refused(tiny: TinyData, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -208,3 +225,21 @@ def test_missing_val_dir_unknown_model_and_bad_config_are_clear(tiny: TinyData, 
     with pytest.raises(SystemExit) as exc:
         main(["-c", str(bad), *train_args(tiny, tmp_path / "out")])
     assert exc.value.code == 2 and f"cannot read config file {bad}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--gt-weight", "2"], "--gt-weight must be in [0, 1], got 2.0"),
+        (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["--mode", "supervised", "--kd", "hard"], "--kd hard has no effect in --mode supervised: it is used by --mode online-kd and deit only"),
+    ],
+    ids=["gt-weight", "batch-size", "mode-conflict"],
+)
+def test_argument_errors_answer_without_importing_torch(tmp_path: Path, flags: list[str], message: str) -> None:
+    """The checks of train/options.py run before torch is imported: such an error answers at once
+    (it took 5-10 s, the time torch and timm take to import)."""
+    argv = ["--store", "s", "--data", "d", "--model", "resnet18", "--output", str(tmp_path / "out"), *flags]
+    script = f"import sys\nfrom train.cli import main\ncode = main({argv!r})\nprint(code, 'torch' in sys.modules)\n"
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert (result.stdout, result.stderr) == ("2 False\n", f"fkd-train: error: {message}\n")

@@ -2,8 +2,11 @@
 
 Failures a user can fix are one line, never a traceback: exit 2 for bad inputs (also when the
 DataLoader re-raises one from a worker, wrapped in the worker's traceback), 130 on Ctrl-C with
-where to resume. torch, timm and the run are imported only once the arguments parse, so ``--help``
-and argument errors answer at once.
+where to resume. torch, timm and the run are imported only once the arguments parse and pass the
+checks of ``options``, so ``--help`` and argument errors answer at once.
+
+Multi-GPU runs launch the console script (``torchrun --no-python fkd-train``), not ``-m train.cli``,
+which would import whatever ``train.py`` or ``train/`` the working directory holds.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from pathlib import Path
 from fkd.config import parse_args_with_config
 from fkd.teacher_options import add_teacher_args
 
-from .aug_levels import AUG_LEVELS, ERASE_MODES
+from .aug_levels import AUG_LEVELS, ERASE_MODES, apply_aug_level
 from .errors import SetupError
 from .mode_names import DISTILL_DEFAULTS, EMBED_LOSSES, FEATURE_DEFAULTS, MODES, PROJECTORS
+from .options import check_args
 
 AUG_LEVEL_HELP = ", ".join(f"{name} = mixup {level.mixup:g} + {level.randaugment or 'no RandAugment'}" for name, level in AUG_LEVELS.items())
 
@@ -34,7 +38,7 @@ or beside, the soft labels; --mode online-fd is its online baseline (FD, the tea
 example:
   fkd-train --store STORE --data DATA --model resnet18 --crops-per-image 4 --val-data VAL --output OUT
   fkd-train -c configs/train-cifar10-fkd.yaml --epochs 5    # a recipe; flags override it
-  torchrun --nproc_per_node 8 -m train.cli -c configs/train-imagenet-resnet50-fkd.yaml
+  torchrun --nproc_per_node 8 --no-python fkd-train -c configs/train-imagenet-resnet50-fkd.yaml
 """
 
 
@@ -50,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=64, metavar="B",
                    help="IMAGES per step and process: a step trains on B*N crops (official FKD's -b counts crops, so their -b 1024 "
                         "with 4 crops is --batch-size 256 here; default 64)")
-    g.add_argument("--input-size", type=int, metavar="PIXELS", help="student input side length (default: the model's pretrained config)")
+    g.add_argument("--input-size", type=int, metavar="PIXELS", help="student input side length (default: the model's pretrained config, or its --model-kwargs img_size); "
+                        "a fixed-size model's (ViT) img_size follows it")
     g.add_argument("--interpolation", choices=("bilinear", "bicubic", "nearest"),
                    help="resize filter for crops and validation images (default: the store's for fkd/deit crops, the model's otherwise)")
     g.add_argument("--crop-pct", type=float, help="validation centre-crop fraction: resize to size/crop_pct, crop size (default: the model's)")
@@ -88,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--drop-path", type=float, help="stochastic depth rate (models that support it)")
     g.add_argument("--mean", type=float, nargs=3, help="input normalization mean (default: the model's)")
     g.add_argument("--std", type=float, nargs=3, help="input normalization std (default: the model's)")
-    g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights (timm ModelEmaV3), evaluate it and pick best.pth by it")
+    g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights (timm ModelEmaV3), evaluate it and pick best.pth by it (summary.csv: ema_top1)")
     g.add_argument("--model-ema-decay", type=float, default=0.9998, help="EMA decay per update (default 0.9998)")
     g.add_argument("--compile", action="store_true", help="torch.compile the student")
 
@@ -125,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="online-kd/deit weight of the distillation term: (1-alpha)*CE + alpha*KD (default 0.5; DeiT soft: 0.1)")
     g.add_argument("--kd-tau", type=float, default=DISTILL_DEFAULTS["kd_tau"],
                    help="online-kd/deit soft distillation temperature: tau^2 KL(softmax(t/tau) || softmax(z/tau)), the online teacher "
-                        "running at temperature 1; deit re-tempers the stored probabilities: exact for the full scheme, an approximation "
-                        "for top-K schemes (their tail outside the top K was filled in by the decoder, not the teacher). "
+                        "running at temperature 1; deit takes the teacher at tau from the store: its labels as they are at the store's "
+                        "temperature, else re-tempered, exactly, from a full store's log-probabilities (format version 5); a top-K store "
+                        "or an older full store of probabilities is refused at any other tau (their tail is lost). "
                         "Not with --kd hard (default 1; DeiT soft: 3)")
     g.add_argument("--teacher-input-size", type=int, metavar="PIXELS",
                    help="online-kd/online-fd: side length the crops are resized to for the teacher (default: the first teacher's own; teacher options below)")
@@ -171,11 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--output", required=True, help="output directory: args.yaml, summary.csv, log.jsonl, last.pth, best.pth, checkpoint-NNNN.pth")
     g.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint exactly (auto: OUTPUT/last.pth when present)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace what --output holds from another run (its checkpoints, logs and args.yaml); without it such a folder is refused")
     g.add_argument("--keep-checkpoints", type=int, default=3, help="per-epoch checkpoints to keep besides last.pth/best.pth (default 3)")
     g.add_argument("--seed", type=int, default=0, help="seed of weights, data order, crop choice, augmentation and mixing (default 0)")
     g.add_argument("--deterministic", action="store_true", help="deterministic algorithms only (bitwise repeatable on the same hardware; slower on GPUs)")
     g.add_argument("--device", default="auto", help="auto (this rank's GPU if any, else CPU), cpu, cuda, cuda:1, ...")
-    g.add_argument("--log-every", type=int, default=20, help="steps between progress-bar loss updates (default 20)")
+    g.add_argument("--log-every", type=int, default=20, metavar="N", help="at most N steps between progress-bar loss and lr updates; each epoch shows at least 4 and its last step (default 20)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     return p
 
@@ -229,13 +237,21 @@ def interrupted_message(output: Path) -> str:
 def main(argv: "Sequence[str] | None" = None) -> int:
     parser = build_parser()
     args = parse_args_with_config(parser, argv)
+    try:  # before torch is imported, so that an argument error answers at once
+        apply_aug_level(args)
+        check_args(args)
+    except SetupError as exc:
+        print(f"fkd-train: error: {exc}", file=sys.stderr)
+        return 2
     from fkd.images import BadImageError, ImageMismatchError
     from fkd.store import StoreError
 
     from .run import run
+    from .student import fit_input_size
 
     clean = (SetupError, StoreError, BadImageError, ImageMismatchError, FileNotFoundError, FloatingPointError)
     try:
+        fit_input_size(args)
         run(args)
     except KeyboardInterrupt:
         print(interrupted_message(Path(args.output)), file=sys.stderr)

@@ -121,8 +121,9 @@ class StoreCropPlanner:
 
     ``paired``: a second store of the same crops (an embedding store beside a label store, checked
     up front by ``preflight.check_paired_stores``); each plan takes both stores' payloads, after
-    checking that the two records hold the same boxes and flips (a cheap comparison per read, so a
-    store whose crops differ can never pair a label with another crop's embedding).
+    checking that the two records hold the same boxes and flips and were made from the same image
+    file (fingerprints, where both record them): a cheap comparison per read, so a store whose
+    crops or pictures differ can never pair a label with another crop's embedding.
     """
 
     def __init__(
@@ -165,6 +166,11 @@ class StoreCropPlanner:
             raise DataMismatchError(
                 f"{rec.image_id}: the label store and the embedding store hold other crops of this image (boxes or flips "
                 "differ): make both with the same crop settings and seed"
+            )
+        if None not in (rec.fingerprint, other.fingerprint) and rec.fingerprint != other.fingerprint:
+            raise DataMismatchError(
+                f"{rec.image_id}: the label store and the embedding store were made from other image files "
+                f"(CRC-32 {rec.fingerprint:08x} vs {other.fingerprint:08x}): make both from the same images"
             )
         return other
 

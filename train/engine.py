@@ -103,12 +103,15 @@ def train_one_epoch(
 ) -> EpochStats:
     """Train over ``loader`` once. The learning rate follows the per-update schedule, set before
     each step from the global update count, so a resumed run gets exactly the same values.
-    ``progress_total``: this rank's crops per epoch for a progress bar (None: no bar)."""
+    ``progress_total``: this rank's crops per epoch for a progress bar (None: no bar). Its loss and
+    lr are this step's, shown every ``log_every`` steps but at least 4 times an epoch and at its
+    last step, so a warm-up's lr is seen to climb even within a short first epoch."""
     t.model.train()
     device = t.info.device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     samples = images = 0
     bar = tqdm(total=progress_total, unit="crop", desc=f"epoch {epoch}", disable=progress_total is None, dynamic_ncols=True, leave=False)
+    report_every = max(1, min(t.log_every, t.updates_per_epoch // 4))  # short epochs get 4 updates too
     start = time.perf_counter()
     for step, batch in enumerate(loader):
         num_updates = epoch * t.updates_per_epoch + step
@@ -136,7 +139,7 @@ def train_one_epoch(
         samples += len(batch)
         images += len(batch.image_index)
         bar.update(len(batch))
-        if step % t.log_every == 0:
+        if step % report_every == 0 or step == t.updates_per_epoch - 1:
             value = loss.item()
             if not math.isfinite(value):
                 raise FloatingPointError(f"loss is {value} at epoch {epoch} step {step}; lower --lr or enable --clip-grad")

@@ -13,7 +13,8 @@ share one formula with the ground truth's share W (``--gt-weight``):
   Mixup/CutMix mix all of them with the image's lambda. For the embedding that linear mix is an
   approximation: the teacher never saw the mixed image, and its features are not linear in the
   pixels (the same approximation as mixing stored soft labels). The stored values are decoded on
-  the device (``embedding_codec.decode``); ``smooth-l1`` whitens the (mixed) target in the loss.
+  the device (``embedding_codec.decode``); ``smooth-l1`` whitens the (mixed) target in the loss,
+  each ensemble member's slice on its own (``member_dims``, the store's ``embedding_dims``).
 - ``OnlineFDMode`` (``--mode online-fd``): the teacher runs every step on the student's mixed
   crops (resized to its input size, in eval mode, under no_grad, at ``--teacher-precision``), and
   its features are the target (``fkd.features.TeacherFeatures``). ``feature-map`` is FD's setting:
@@ -21,7 +22,7 @@ share one formula with the ground truth's share W (``--gt-weight``):
   average-pooled to the teacher's H x W when they differ (pooling commutes with a 1x1 convolution),
   ``smooth-l1`` whitening every position over the channels, beta 2.0. Any vector source
   (``pre-logits``, ``pooled``, a module) is the online counterpart of an embedding store of that
-  source: the student's pre-logits through ``--projector``.
+  source: the student's pre-logits through ``--projector``, an ensemble's members whitened apart.
 
 What differs from FD's code: FD pre-trains with the feature loss alone and fine-tunes afterwards,
 on ViT/Swin token maps of equal size; here any timm student and teacher (CNN maps, ViT tokens
@@ -40,7 +41,7 @@ from fkd.embedding_codec import decode as decode_embedding
 from fkd.feature_losses import feature_loss, feature_map_loss
 from fkd.features import FEATURE_MAP, TeacherFeatures
 from fkd.losses import soft_target_cross_entropy
-from fkd.quantize import decode as decode_labels
+from fkd.quantize import LabelCodec
 
 from .data import CropBatch
 from .modes import one_hot_targets, resize_for_teacher
@@ -67,30 +68,36 @@ class GroundTruthShare:
 
 
 class EmbeddingMode(GroundTruthShare):
-    """Stored embeddings (and, with ``scheme``, the stored soft labels of the same crops)."""
+    """Stored embeddings (and, with ``scheme``, the stored soft labels of the same crops;
+    ``log_probs``: a full label store of format version 5). ``member_dims``: each ensemble member's
+    part of D (None: one teacher)."""
 
     def __init__(
         self, num_classes: int, dim: int, embed_loss: str, embed_weight: float = 1.0, gt_weight: float = 0.0,
-        smoothing: float = 0.0, scheme: "str | None" = None,
+        smoothing: float = 0.0, scheme: "str | None" = None, *, log_probs: bool = False, member_dims: "tuple[int, ...] | None" = None,
     ):
         super().__init__(num_classes, gt_weight, smoothing)
+        if member_dims is not None and sum(member_dims) != dim:
+            raise ValueError(f"the members' dims {list(member_dims)} do not add up to D={dim}")
         self.dim = dim
         self.embed_loss = embed_loss
         self.embed_weight = embed_weight
-        self.scheme = scheme
+        self.codec = None if scheme is None else LabelCodec(scheme, num_classes, log_probs=log_probs)
+        self.member_dims = member_dims
 
     def targets(self, batch: CropBatch) -> torch.Tensor:
         if batch.embedding is None:
             raise ValueError("the batch carries no stored embeddings")
-        stored = [decode_labels(batch.indices, batch.values, self.scheme, self.num_classes)] if self.scheme else []
+        stored = [] if self.codec is None else [self.codec.decode(batch.indices, batch.values)]
         return torch.cat([*stored, *self.truth(batch), decode_embedding(batch.embedding, batch.scales)], dim=1)
 
     def loss(self, output: "tuple[torch.Tensor, torch.Tensor]", images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits, projected = output
         c = self.num_classes
-        parts = targets.split([c] * bool(self.scheme) + [c] * bool(self.gt_weight) + [self.dim], dim=1)
-        distill = self.embed_weight * feature_loss(projected, parts[-1], self.embed_loss)
-        if self.scheme:
+        with_labels = self.codec is not None
+        parts = targets.split([c] * with_labels + [c] * bool(self.gt_weight) + [self.dim], dim=1)
+        distill = self.embed_weight * feature_loss(projected, parts[-1], self.embed_loss, segments=self.member_dims)
+        if with_labels:
             distill = distill + soft_target_cross_entropy(logits, parts[0])
         return with_ground_truth(distill, logits, parts[-2] if self.gt_weight else None, self.gt_weight)
 
@@ -136,5 +143,5 @@ class OnlineFDMode(GroundTruthShare):
                 projected = F.adaptive_avg_pool2d(projected, target.shape[-2:])
             distill = feature_map_loss(projected, target, self.embed_loss)
         else:
-            distill = feature_loss(projected, target, self.embed_loss)
+            distill = feature_loss(projected, target, self.embed_loss, segments=self.features.dims)
         return with_ground_truth(self.embed_weight * distill, logits, targets, self.gt_weight)

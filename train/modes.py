@@ -10,8 +10,11 @@ online-kd, the mixed images in [0, 1]) into a scalar.
   ``(1 - alpha) * CE + alpha * KD`` (soft: tau^2 KL at tau, hard: CE on the teacher's argmax).
 - ``fkd`` with embeddings, ``online-fd``: feature distillation, in ``feature_modes``.
 - ``deit``: ground truth for the class head and the stored labels for the distillation head,
-  mixed together as one (B*n, 2C) target so both get the same lambda; soft distillation at
-  ``tau != 1`` re-tempers the stored probabilities (see ``DeiTMode``).
+  mixed together as one (B*n, 2C) target so both get the same lambda; soft distillation takes the
+  teacher at ``tau`` from the store, exactly or not at all (see ``DeiTMode``).
+
+The stored labels decode through the store's ``fkd.quantize.LabelCodec`` (``log_probs``: a full
+store of format version 5 keeps log-probabilities; ``temperature``: the store's own).
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fkd.losses import DistillationLoss, deit_token_loss, soft_target_cross_entropy
-from fkd.quantize import decode
+from fkd.quantize import LabelCodec
 
 from .data import CropBatch
+from .errors import SetupError
 
 
 class TrainMode(Protocol):
@@ -54,14 +58,14 @@ class FKDMode:
     linear in the target, that is ``(1 - W) * CE(stored) + W * CE(ground truth)``, and Mixup/CutMix
     mix the combined target with the image."""
 
-    def __init__(self, scheme: str, num_classes: int, gt_weight: float = 0.0, smoothing: float = 0.0):
-        self.scheme = scheme
+    def __init__(self, scheme: str, num_classes: int, gt_weight: float = 0.0, smoothing: float = 0.0, *, log_probs: bool = False):
+        self.codec = LabelCodec(scheme, num_classes, log_probs=log_probs)
         self.num_classes = num_classes
         self.gt_weight = gt_weight
         self.smoothing = smoothing
 
     def targets(self, batch: CropBatch) -> torch.Tensor:
-        stored = decode(batch.indices, batch.values, self.scheme, self.num_classes)
+        stored = self.codec.decode(batch.indices, batch.values)
         if not self.gt_weight:
             return stored
         truth = one_hot_targets(batch.labels, self.num_classes, self.smoothing)
@@ -109,30 +113,43 @@ class OnlineKDMode(SupervisedMode):
 
 class DeiTMode:
     """Distillation token: class head <- ground truth, distillation head <- stored labels (hard:
-    the store's top-1, soft: the decoded distribution). The model returns (cls, dist) in training.
+    the store's top-1, soft: the teacher's distribution at ``tau``). The model returns (cls, dist)
+    in training.
 
-    Soft distillation at ``tau != 1`` is DeiT's ``tau**2 * KL(softmax(t/tau) || softmax(z/tau))``
-    with the teacher's tempered distribution rebuilt from the stored probabilities as
-    ``p**(1/tau)`` renormalized (``fkd.losses.teacher_distribution``; the store's own generation
-    temperature, normally 1, multiplies tau): exact for the ``full`` scheme (up to float16 storage),
-    an approximation for the top-K schemes, whose mass outside the top K was spread (or dropped and
-    renormalized) by the decoder instead of following the teacher's real tail. The (mixed) decoded
-    target stands for the teacher's output on the (mixed) crop, as DeiT tempers the teacher's output
-    on the mixed image. At ``tau == 1`` the loss stays the soft-target cross-entropy, which differs
-    from that KL by the target's entropy only: same gradient, no log of the target needed.
+    Soft distillation is DeiT's ``tau**2 * KL(softmax(t/tau) || softmax(z/tau))`` (at ``tau == 1``
+    the soft-target cross-entropy, which differs from that KL by the target's entropy only: same
+    gradient). The teacher's ``softmax(t/tau)`` comes from the store (``LabelCodec.tempered``): its
+    labels as they are when ``tau`` is the store's own ``temperature`` T (any scheme), else rebuilt
+    from a full store of log-probabilities as ``softmax(T ln p / tau)``, exact up to float16. Every
+    other store is refused here (``SetupError``, with the error re-tempering it would make): top-K
+    labels lost the teacher's tail (their decoder spreads or drops it) and float16 probabilities
+    rounded it to 0, which no temperature brings back. The targets are the tempered distributions, so
+    Mixup/CutMix mix them with the image's lambda like any target; DeiT's online teacher would label
+    the mixed image instead (an approximation common to every stored target).
     """
 
-    def __init__(self, scheme: str, num_classes: int, smoothing: float, kind: str, alpha: float, tau: float = 1.0):
-        self.scheme = scheme
+    def __init__(self, scheme: str, num_classes: int, smoothing: float, kind: str, alpha: float, tau: float = 1.0, *,
+                 temperature: float = 1.0, log_probs: bool = False):
+        self.codec = LabelCodec(scheme, num_classes, temperature, log_probs)
         self.num_classes = num_classes
         self.smoothing = smoothing
         self.kind = kind
         self.alpha = alpha
         self.tau = tau
+        problem = self.codec.retemper_problem(tau) if kind == "soft" else None
+        if problem is not None:
+            raise SetupError(
+                f"--kd-tau {tau}: {problem}; use --kd-tau {self.codec.temperature} (the store's temperature) or a full store of this fkd "
+                "(fkd-labelgen --scheme full keeps log-probabilities, format version 5)"
+            )
 
     def targets(self, batch: CropBatch) -> torch.Tensor:
         gt = one_hot_targets(batch.labels, self.num_classes, self.smoothing)
-        return torch.cat([gt, decode(batch.indices, batch.values, self.scheme, self.num_classes)], dim=1)
+        if self.kind == "soft":
+            teacher = self.codec.tempered(batch.indices, batch.values, self.tau)
+        else:
+            teacher = self.codec.decode(batch.indices, batch.values)
+        return torch.cat([gt, teacher], dim=1)
 
     def loss(self, output: "tuple[torch.Tensor, torch.Tensor]", images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if not isinstance(output, tuple):
@@ -140,4 +157,5 @@ class DeiTMode:
         cls_logits, dist_logits = output
         gt, teacher = targets.split(self.num_classes, dim=1)
         tau = None if self.tau == 1.0 else self.tau
-        return deit_token_loss(cls_logits, dist_logits, gt, teacher, self.kind, self.alpha, tau, teacher_is_prob=True)
+        return deit_token_loss(cls_logits, dist_logits, gt, teacher, self.kind, self.alpha, tau,
+                               teacher_is_prob=True, teacher_tau=self.tau)

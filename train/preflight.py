@@ -1,10 +1,11 @@
 """Checks before training starts: is the label store about these images, and do the classes agree?
 
 A store trained against the wrong images trains happily on wrong labels, so mismatches are refused
-up front, naming what differs: image ids missing under --data, labels or class names that differ,
-another class count than the model's, image files other than those labelled (fingerprints) or of
-another size than the crops were drawn on; a label store and an embedding store used together that
-do not describe the same crops.
+up front, naming what differs: image ids missing under --data, labels or class names (folders)
+that differ, another class count than the model's, image files other than those labelled
+(fingerprints) or of another size than the crops were drawn on; validation folders that are no
+training class; a label store and an embedding store used together that do not describe the same
+crops of the same image files.
 (An incomplete store is already refused by ``LabelStore``.)
 """
 
@@ -12,10 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from fkd.classes import ClassSpaceError, apply_class_map, is_numbered
+from fkd.classes import ClassSpaceError, apply_class_map, folder_difference, is_numbered, quoted
 from fkd.images import UNKNOWN_LABEL, ImageList, ImageMismatchError, check_fingerprint, read_image
 from fkd.sources import ImageSource
 from fkd.store import LabelStore
+from fkd.tars import TarSource
 
 from .errors import DataMismatchError
 
@@ -35,7 +37,14 @@ def check_num_classes(store_classes: int, requested: "int | None", what: str = "
     return store_classes
 
 
-def check_store_matches_data(store: LabelStore, data: ImageList, allow_resized: bool = False) -> list[str]:
+def _missing_hint(data: ImageList) -> str:
+    """Tar data is often given shard by shard: the usual cause is a shard left out, not other images."""
+    if isinstance(data.source, TarSource):
+        return "are all the store's tar shards given (e.g. 'train-{0000..0099}.tar')?"
+    return "was the store made from other images?"
+
+
+def check_store_matches_data(store: LabelStore, data: ImageList, allow_resized: bool = False, given: "str | None" = None) -> list[str]:
     """Raise DataMismatchError when the store's images are not (all) in ``data`` with the same
     labels and sizes. Returns warnings (e.g. images under --data that the store does not cover)."""
     store_ids = store.image_ids
@@ -43,14 +52,15 @@ def check_store_matches_data(store: LabelStore, data: ImageList, allow_resized: 
     missing = [i for i in store_ids if i not in data_index]
     if missing:
         raise DataMismatchError(
-            f"{len(missing)} of the store's {len(store_ids)} images are not under --data {data.root} "
-            f"(e.g. {_examples(missing)}); was the store made from other images?"
+            f"{len(missing)} of the store's {len(store_ids)} images are not in --data {given or data.root} "
+            f"(e.g. {_examples(missing)}); {_missing_hint(data)}"
         )
     names = (list(store.meta.class_names), list(data.class_names))
     if not is_numbered(names[1]) and len(names[1]) != len(names[0]):
+        named = "" if is_numbered(names[0]) else f"; {folder_difference(names[1], names[0])}"
         raise DataMismatchError(
             f"--data has {len(names[1])} classes ({_examples(names[1], 3)}) but the store's labels cover {len(names[0])} "
-            f"({_examples(names[0], 3)}): a student would learn one class space and be scored in another; label the data "
+            f"({_examples(names[0], 3)}){named}: a student would learn one class space and be scored in another; label the data "
             "with a teacher of its classes, or with fkd-labelgen --class-map"
         )
     if len(names[0]) == len(names[1]) and names[0] != names[1] and not any(is_numbered(n) for n in names):
@@ -103,6 +113,31 @@ def in_store_classes(images: ImageList, store: "LabelStore | None", flag: str) -
         raise DataMismatchError(f"{flag}: {exc}") from None
 
 
+def val_in_class_space(val: ImageList, class_names: list[str], store: "LabelStore | None", whose: str) -> ImageList:
+    """--val-data with labels in the training class space (``class_names``, ``whose`` they are).
+
+    Validation folders are matched by name, so a folder of some of the classes is scored against
+    those classes (numbered in their own folder order, 5 of 10 CIFAR-10 folders were scored against
+    5 other classes); a store's class map moves them as it moves --data. A list file's integer
+    labels are class indices already; where the training classes have no names either, folders go
+    by position, as --data's do, and only a folder for every class can."""
+    if store is not None and store.meta.class_map is not None:
+        return in_store_classes(val, store, "--val-data")
+    names = list(val.class_names)
+    if is_numbered(names) or (is_numbered(class_names) and len(names) == len(class_names)):
+        return val
+    if is_numbered(class_names):
+        raise DataMismatchError(f"--val-data {val.root} has {len(names)} class folders but {whose} {len(class_names)} classes have no "
+                                "names to match them by: give a folder for every class, or a list file of class indices")
+    unknown = [n for n in names if n not in class_names]
+    if unknown:
+        raise DataMismatchError(f"--val-data {val.root}: class folder{'s' if len(unknown) > 1 else ''} {quoted(unknown)} "
+                                f"{'are' if len(unknown) > 1 else 'is'} not among {whose} classes ({quoted(class_names)}); "
+                                "name validation folders like the training classes")
+    index = {n: i for i, n in enumerate(class_names)}
+    return apply_class_map(val, {n: index[n] for n in names}, class_names)
+
+
 def check_labels_known(labels: np.ndarray, ids: list[str], source: str, mode: str) -> None:
     """Modes with a ground-truth loss need a label for every training image."""
     unknown = [ids[i] for i in np.flatnonzero(labels == UNKNOWN_LABEL)]
@@ -117,11 +152,13 @@ decide every box and flip (``fkd.crops.sample_crops``) and the class space."""
 
 def check_paired_stores(labels: LabelStore, embeddings: LabelStore) -> None:
     """Refuse (one line) a label store and an embedding store that do not describe the same crops:
-    the same crop settings and classes, the same image ids in the same order with the same sizes and
-    labels, and, on SIZE_CHECK_IMAGES images spread over the stores, the same boxes, flips and image
-    fingerprints (where both record them). ``StoreCropPlanner`` compares every image's boxes and
-    flips again as it reads them, so a difference elsewhere still fails the run, never pairs a label
-    with another crop's embedding."""
+    the same crop settings and classes, the same image ids in the same order with the same sizes,
+    labels and image fingerprints (every image's, where both record them: boxes and flips depend on
+    seed, id and size alone, so a store made from another picture of the same size has the same
+    ones), and, on SIZE_CHECK_IMAGES images spread over the stores, the same boxes and flips.
+    ``StoreCropPlanner`` compares every image's boxes, flips and fingerprints again as it reads
+    them, so a difference elsewhere still fails the run, never pairs a label with another crop's
+    embedding."""
     differ = [name for name in PAIRED_SETTINGS if getattr(labels.meta, name) != getattr(embeddings.meta, name)]
     if differ:
         shown = ", ".join(f"{n} {getattr(labels.meta, n)!r} vs {getattr(embeddings.meta, n)!r}" for n in differ[:3])
@@ -135,11 +172,22 @@ def check_paired_stores(labels: LabelStore, embeddings: LabelStore) -> None:
         if len(wrong):
             raise DataMismatchError(f"--store and --embed-store disagree on the {name.replace('_', ' ')} of {len(wrong)} images "
                                     f"(e.g. {_examples([ids[0][i] for i in wrong])})")
+    prints = (_fingerprints(labels), _fingerprints(embeddings))
+    if prints[0] is not None and prints[1] is not None:
+        wrong = np.flatnonzero(prints[0] != prints[1])
+        if len(wrong):
+            raise DataMismatchError(f"--store and --embed-store were made from other image files: the fingerprints of {len(wrong)} images "
+                                    f"differ (e.g. {_examples([ids[0][i] for i in wrong])}); make both from the same images")
     for i in np.unique(np.linspace(0, len(ids[0]) - 1, min(SIZE_CHECK_IMAGES, len(ids[0]))).astype(int)):
         a, b = labels.read(int(i)), embeddings.read(int(i))
-        same_crops = np.array_equal(a.boxes_fixed, b.boxes_fixed) and np.array_equal(a.flips, b.flips)
-        same_print = a.fingerprint is None or b.fingerprint is None or a.fingerprint == b.fingerprint
-        if not (same_crops and same_print):
-            what = "image fingerprints" if same_crops else "boxes or flips"
-            raise DataMismatchError(f"{a.image_id}: --store and --embed-store hold other {what} for this image: make both from the same "
+        if not (np.array_equal(a.boxes_fixed, b.boxes_fixed) and np.array_equal(a.flips, b.flips)):
+            raise DataMismatchError(f"{a.image_id}: --store and --embed-store hold other boxes or flips for this image: make both from the same "
                                     "images with the same crop settings and seed")
+
+
+def _fingerprints(store: LabelStore) -> "np.ndarray | None":
+    """Every image's fingerprint (None: the store records none), read from the shards' index
+    columns like labels and sizes, without decoding a record."""
+    if store.meta.image_fingerprint != "crc32":
+        return None
+    return store._column("fingerprints", np.zeros((), dtype=np.int64))  # LabelStore has no public fingerprint column yet

@@ -35,10 +35,11 @@ from .errors import SetupError
 from .mixup import SoftTargetMixup
 from .options import check_args
 from .output import OutputDir
-from .preflight import check_labels_known, in_store_classes
 from .projector import FeatureStudent
-from .run_setup import TrainData, build_feature_projector, build_mode, list_data, prepare_train_data
-from .runlog import RunLog
+from .run_setup import (
+    TrainData, build_feature_projector, build_mode, crop_interpolation, prepare_train_data, prepare_val_data, resolved_args,
+)
+from .runlog import RunLog, best_line, epoch_line
 from .student import StudentDataConfig, create_student, parse_model_kwargs, student_data_config
 
 
@@ -88,7 +89,7 @@ def build_loaders(
     validation loader. Loader generators are seeded so they draw nothing from the global RNG."""
     dataset, collate = training_dataset(
         args.replay_device, info.device, data.source, data.planner, cfg.input_size,
-        args.interpolation or data.interpolation or cfg.interpolation, build_crop_augment(args.color_jitter, args.randaugment), args.seed,
+        crop_interpolation(args, data, cfg), build_crop_augment(args.color_jitter, args.randaugment), args.seed,
     )
     sampler = EpochSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=args.seed)
     pin = info.device.type == "cuda"
@@ -143,20 +144,16 @@ def _run(args: argparse.Namespace, info: DistInfo, output_dir: OutputDir) -> Non
     output directory is made."""
     apply_aug_level(args)
     check_args(args)
-    output_dir.check()
-    device = info.device
-    configure_determinism(args.deterministic, device)
     output = output_dir.path
     resume_path = resolve_resume(args.resume, output)
+    output_dir.check(args, resume_path)
+    device = info.device
+    configure_determinism(args.deterministic, device)
 
     data = prepare_train_data(args)
     for warning in data.warnings:
         _log(info, f"warning: {warning}")
-    val_images = in_store_classes(list_data(args.val_data, "--val-data"), data.store, "--val-data") if args.val_data else None
-    if val_images is not None:
-        check_labels_known(val_images.labels, val_images.image_ids, "--val-data", "evaluation")
-        if int(val_images.labels.max()) >= data.num_classes:
-            raise SetupError(f"--val-data has labels up to {int(val_images.labels.max())} but the model has {data.num_classes} classes")
+    val_images = prepare_val_data(args, data)
 
     seed_everything(args.seed)  # same initial weights on every rank
     model = create_student(args.model, data.num_classes, args.pretrained, args.drop_path, **parse_model_kwargs(args.model_kwargs))
@@ -191,8 +188,9 @@ def _run(args: argparse.Namespace, info: DistInfo, output_dir: OutputDir) -> Non
         except (ValueError, RuntimeError, KeyError) as exc:
             raise SetupError(f"cannot resume from {resume_path}: {exc}") from None
         _log(info, f"resumed from {resume_path} after epoch {progress.epoch}")
+    recorded, notes = resolved_args(args, data, cfg)
     if info.is_main:
-        output_dir.create(args)
+        output_dir.create(recorded, notes)
 
     normalizer = Normalizer(cfg.mean, cfg.std, device)
     trainer = Trainer(
@@ -207,7 +205,7 @@ def _run(args: argparse.Namespace, info: DistInfo, output_dir: OutputDir) -> Non
         f"{len(dataset)} images x {args.crops_per_image} crops at {cfg.input_size}px, {len(loader)} steps/epoch of "
         f"{args.batch_size} images, {args.epochs} epochs, output {output}",
     )
-    train_epochs(args, trainer, loader, sampler, val_loader, state, progress, output, crops_per_rank)
+    train_epochs(recorded, trainer, loader, sampler, val_loader, state, progress, output, crops_per_rank)
 
 
 def train_epochs(
@@ -253,15 +251,10 @@ def train_epochs(
         if info.is_main:
             saver.save(build_checkpoint(state, progress, rngs, saved_args), improved)
             runlog.append(record)
-            val_text = f" val top1 {record['val_top1']:.2f} top5 {record['val_top5']:.2f}" if "val_top1" in record else ""
-            print(
-                f"epoch {epoch + 1}/{args.epochs}: loss {stats.loss:.4f}{val_text} lr {stats.lr:.3g} "
-                f"{stats.samples_per_s:.0f} crops/s ({stats.images_per_s:.0f} images/s) {record['time']:.1f}s",
-                flush=True,
-            )
+            print(epoch_line(record, args.epochs), flush=True)
         barrier(info)
     if info.is_main and progress.best_epoch >= 0:
-        print(f"best val top1 {progress.best_top1:.2f} at epoch {progress.best_epoch + 1}; checkpoints in {output}", flush=True)
+        print(best_line(progress.best_top1, progress.best_epoch + 1, state.ema is not None, output), flush=True)
 
 
 def _evaluate(trainer: Trainer, model: torch.nn.Module, loader: DataLoader, show: bool) -> EvalStats:

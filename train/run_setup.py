@@ -17,12 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from fkd.classes import is_numbered
 from fkd.crops import DEFAULT_RATIO, DEFAULT_SCALE, CropParams
 from fkd.embedding_spec import EmbeddingSpec
 from fkd.features import FeatureSourceError, TeacherFeatures
 from fkd.images import ImageList, list_images
 from fkd.sources import ImageSource
-from fkd.store import LabelStore, StorePayloadError
+from fkd.store import LabelStore, StoreMeta, StorePayloadError
 from fkd.tars import is_tar_data
 from fkd.teachers import Teacher, create_teacher
 
@@ -31,8 +32,11 @@ from .errors import SetupError
 from .feature_modes import EmbeddingMode, OnlineFDMode
 from .mode_names import STORE_MODES
 from .modes import DeiTMode, FKDMode, OnlineKDMode, SupervisedMode, TrainMode
-from .preflight import check_labels_known, check_num_classes, check_paired_stores, check_store_matches_data, in_store_classes
+from .preflight import (
+    check_labels_known, check_num_classes, check_paired_stores, check_store_matches_data, in_store_classes, val_in_class_space,
+)
 from .projector import FeatureStudent, Projector, build_projector
+from .student import StudentDataConfig
 
 UNTRAINED_CLASSIFIER = (
     "feature distillation without --store or --gt-weight: the student's classifier gets no training signal, so its val top-1 "
@@ -62,7 +66,11 @@ class TrainData:
     interpolation: "str | None"
     store: "LabelStore | None"
     warnings: list[str]
+    class_names: list[str]
+    classes_of: str  # whose classes they are, for messages: "the store's" or "--data's"
+    crop_scale: tuple[float, float]  # the area range of the crops: the store's, or the one random crops are drawn from
     embedding: "EmbeddingSpec | None" = None
+    member_dims: "tuple[int, ...] | None" = None  # each ensemble member's part of the embedding (StoreMeta.embedding_dims)
 
 RECOLOURED = (
     "{flags} {verb} each crop after the teacher labelled it: a stored target is the teacher's word on the crop before, "
@@ -112,13 +120,18 @@ def prepare_train_data(args: argparse.Namespace) -> TrainData:
     if args.mode in STORE_MODES:
         assert store is not None
         num_classes = check_num_classes(store.meta.num_classes, args.num_classes)
-        warnings = check_store_matches_data(store, images, args.allow_resized)
+        if args.mode == "deit":
+            deit_mode(args, store.meta, num_classes)  # a --kd-tau the store cannot give is refused before the model is built
+        warnings = check_store_matches_data(store, images, args.allow_resized, given=args.data)
         if args.mode == "deit" or args.gt_weight > 0:
             check_labels_known(store.labels, store.image_ids, "the store", f"{args.mode} --gt-weight" if args.mode == "fkd" else args.mode)
         planner = StoreCropPlanner(store, args.crops_per_image, args.seed, args.allow_resized, order=args.stored_crops,
                                    paired=embeddings if labels is not None else None)
         spec = None if embeddings is None else embeddings.meta.embedding
-        return TrainData(images.source, planner, num_classes, store.meta.interpolation, store, warnings + recolour_warnings(args) + notes, spec)
+        dims = None if embeddings is None else embeddings.meta.embedding_dims
+        names, whose = (images.class_names, "--data's") if is_numbered(store.meta.class_names) else (store.meta.class_names, "the store's")
+        return TrainData(images.source, planner, num_classes, store.meta.interpolation, store, warnings + recolour_warnings(args) + notes,
+                         list(names), whose, store.meta.crop_scale, spec, dims)
     if args.mode != "online-fd" or args.gt_weight:
         check_labels_known(images.labels, images.image_ids, "--data", args.mode)
     num_classes = args.num_classes or len(images.class_names)
@@ -131,7 +144,43 @@ def prepare_train_data(args: argparse.Namespace) -> TrainData:
     except ValueError as exc:
         raise SetupError(f"--crop-scale: {exc}") from None
     planner = RandomCropPlanner(images, args.crops_per_image, args.seed, params)
-    return TrainData(images.source, planner, num_classes, None, store, notes)
+    return TrainData(images.source, planner, num_classes, None, store, notes, list(images.class_names), "--data's", params.scale)
+
+
+def prepare_val_data(args: argparse.Namespace, data: TrainData) -> "ImageList | None":
+    """--val-data (None when not given), labelled in the training class space, every label one of
+    the model's classes."""
+    if not args.val_data:
+        return None
+    val = val_in_class_space(list_data(args.val_data, "--val-data"), data.class_names, data.store, data.classes_of)
+    check_labels_known(val.labels, val.image_ids, "--val-data", "evaluation")
+    if int(val.labels.max()) >= data.num_classes:
+        raise SetupError(f"--val-data has labels up to {int(val.labels.max())} but the model has {data.num_classes} classes")
+    return val
+
+
+def crop_interpolation(args: argparse.Namespace, data: TrainData, cfg: StudentDataConfig) -> str:
+    """The training crops' resize filter: --interpolation, else the store's (the filter the teacher's
+    crops were resized with), else the model's. Validation images use --interpolation or the model's."""
+    return args.interpolation or data.interpolation or cfg.interpolation
+
+
+def resolved_args(args: argparse.Namespace, data: TrainData, cfg: StudentDataConfig) -> tuple[argparse.Namespace, list[str]]:
+    """What args.yaml and every checkpoint record: ``args`` with the values this run took from the
+    store or the model (input size, mean, std, validation crop_pct, crop scale, class count,
+    interpolation), so the record says what was used and ``-c args.yaml`` uses it again. Crops
+    resized with the store's filter and validation images with the model's cannot be said with one
+    --interpolation: it stays null then, and a note (a comment in args.yaml) names both."""
+    crops = crop_interpolation(args, data, cfg)
+    notes = [] if crops == cfg.interpolation else [
+        f"interpolation null: {crops} for the training crops (the store's), {cfg.interpolation} for validation (the model's); "
+        "--interpolation sets both"
+    ]
+    resolved = {
+        "input_size": cfg.input_size, "mean": list(cfg.mean), "std": list(cfg.std), "crop_pct": cfg.crop_pct,
+        "crop_scale": list(data.crop_scale), "num_classes": data.num_classes, "interpolation": None if notes else crops,
+    }
+    return argparse.Namespace(**{**vars(args), **resolved}), notes
 
 
 def build_teacher(args: argparse.Namespace, num_classes: "int | None", device: torch.device) -> Teacher:
@@ -146,14 +195,26 @@ def build_teacher(args: argparse.Namespace, num_classes: "int | None", device: t
         raise SetupError(f"teacher: {exc}") from None
 
 
+def deit_mode(args: argparse.Namespace, meta: StoreMeta, num_classes: int) -> DeiTMode:
+    """DeiT's mode on a label store's labels, decoded as the store keeps them (its temperature; full
+    values as log-probabilities or probabilities). SetupError for a --kd-tau the store cannot give
+    exactly (``LabelCodec.retemper_problem``)."""
+    return DeiTMode(meta.scheme, num_classes, args.smoothing, args.kd, args.kd_alpha, args.kd_tau,
+                    temperature=meta.temperature, log_probs=meta.full_log_probs)
+
+
 def build_mode(args: argparse.Namespace, data: TrainData, device: torch.device) -> TrainMode:
+    """The run's mode; a store's labels decode as its metadata says (``StoreMeta.full_log_probs``:
+    a full store of format version 5 keeps log-probabilities, which decoded as probabilities would
+    be all-zero targets)."""
+    meta = None if data.store is None else data.store.meta
     if args.mode == "fkd" and data.embedding is not None:
         return EmbeddingMode(data.num_classes, data.embedding.dim, args.embed_loss, args.embed_weight, args.gt_weight, args.smoothing,
-                             scheme=data.store.meta.scheme)
+                             scheme=meta.scheme, log_probs=meta.full_log_probs, member_dims=data.member_dims)
     if args.mode == "fkd":
-        return FKDMode(data.store.meta.scheme, data.num_classes, args.gt_weight, args.smoothing)
+        return FKDMode(meta.scheme, data.num_classes, args.gt_weight, args.smoothing, log_probs=meta.full_log_probs)
     if args.mode == "deit":
-        return DeiTMode(data.store.meta.scheme, data.num_classes, args.smoothing, args.kd, args.kd_alpha, args.kd_tau)
+        return deit_mode(args, meta, data.num_classes)
     if args.mode == "supervised":
         return SupervisedMode(data.num_classes, args.smoothing)
     if args.mode == "online-fd":

@@ -6,6 +6,7 @@ model built with ``img_size=32`` (or trained from scratch on CIFAR) still carrie
 
 from __future__ import annotations
 
+import argparse
 import difflib
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import timm
 import yaml
 from timm.data import resolve_model_data_config
+from timm.models import get_pretrained_cfg
 from torch import nn
 
 from .errors import SetupError
@@ -38,6 +40,30 @@ def parse_model_kwargs(items: "list[str] | None") -> dict[str, Any]:
             raise SetupError(f"--model-kwargs expects key=value items, got {item!r}")
         kwargs[key.strip()] = yaml.safe_load(value)
     return kwargs
+
+
+def fit_input_size(args: argparse.Namespace) -> None:
+    """Make --input-size and the img_size of a fixed-size model (a ViT: timm's ``fixed_input_size``) agree,
+    in place, before args.yaml records them.
+
+    Such a model takes inputs of its img_size only (timm asserts at the first step). --input-size
+    alone sets img_size (resampling pretrained position embeddings); img_size alone sets the input
+    size; both, when they differ, are refused. Models of any input size, and ``dynamic_img_size``
+    ViTs, are left as they are."""
+    cfg = get_pretrained_cfg(args.model)
+    kwargs = parse_model_kwargs(args.model_kwargs)
+    if cfg is None or not cfg.fixed_input_size or kwargs.get("dynamic_img_size"):
+        return
+    img_size = kwargs.get("img_size")
+    if img_size is None and args.input_size not in (None, cfg.input_size[-1]):
+        args.model_kwargs = [*(args.model_kwargs or []), f"img_size={args.input_size}"]
+    elif isinstance(img_size, int) and args.input_size is None:
+        args.input_size = img_size
+    elif None not in (img_size, args.input_size) and img_size not in (args.input_size, [args.input_size] * 2):
+        raise SetupError(
+            f"--input-size {args.input_size} differs from --model-kwargs img_size={img_size}: {args.model} takes inputs of its "
+            "img_size only; make them equal (or give one of them: the other follows)"
+        )
 
 
 def create_student(name: str, num_classes: int, pretrained: bool = False, drop_path: "float | None" = None, **kwargs: Any) -> nn.Module:

@@ -29,8 +29,9 @@ two heads are averaged at test time):
 - fkd hardening, ground-truth weight 0.5, ViT: 0.5 CE(y) + 0.5 CE(stored top-1) on the class token:
   DeiT's hard objective from the stored labels without the distillation token;
 - deit hard / soft DeiT from the full store: the same two objectives as online-kd, the ground truth
-  on the class head and the stored labels (hard: their top-1; soft: re-tempered at tau 3, exact for
-  the full scheme) on the distillation head.
+  on the class head and the stored labels (hard: their top-1; soft: the teacher at tau 3, rebuilt
+  exactly from the full store's log-probabilities, which only a store of format version 5 keeps)
+  on the distillation head.
 
 Claim 1 is read twice (token and stored labels: deit hard vs soft; class token and teacher in the
 loop: online-kd hard vs soft), claim 2 on deit hard vs fkd hardening gt 0.5: the same stored crops
@@ -41,7 +42,8 @@ Time (how the ViT was sized): one fkd-full run used 161 CPU seconds (fkd-train 1
 worker 33; 403 s wall on the 2 cores shared with a load average near 8); online-kd runs the teacher
 on top (+87 CPU s measured at width 128). The 22 runs: about 4,300 CPU seconds, so about 40 minutes
 with ``--jobs 2`` on 2 otherwise idle cores (an estimate from those figures, not a timed block run).
-Without the scale block's store in the cache, it is labelled first (2,637 s on the scale block's run).
+Without the scale block's store in the cache, it is labelled first (2,637 s on the scale block's run);
+stores cached by an fkd that wrote an older format are not reused (``common.label_stores``).
 
     .venv/bin/python benchmarks/accuracy/bench_accuracy.py --vit --jobs 2            # 22 runs
     FKD_BENCH_CACHE=/tmp/fkd-smoke .venv/bin/python benchmarks/accuracy/bench_accuracy.py --vit --smoke

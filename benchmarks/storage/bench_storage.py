@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.common import CACHE, LabelSetting, converted_store, full_store, markdown_table, ratio, result_path, save_result, store_bytes  # noqa: E402
 from benchmarks.fkd_official import allocated_bytes, official_coords, official_labels, write_official  # noqa: E402
 from benchmarks.storage.compression import measure as compression_measure  # noqa: E402
-from benchmarks.storage.compression import synthetic_probs  # noqa: E402
+from benchmarks.storage.compression import record_layout, synthetic_probs  # noqa: E402
 from fkd import crops, quantize  # noqa: E402
-from fkd.quantize import index_dtype, payload_shape  # noqa: E402
-from fkd.store import LabelStore, RecordLayout, compress_records  # noqa: E402
+from fkd.quantize import payload_shape  # noqa: E402
+from fkd.store import LabelStore, compress_records  # noqa: E402
 
 IMAGENET_IMAGES = 1_281_167
 IMAGENET_CROPS = 200
@@ -81,10 +81,10 @@ def measure_real(setting: LabelSetting, work: Path) -> tuple[list[dict], np.ndar
             rec = store.read(i)
             path = official_dir / f"{rec.image_id.rsplit('.', 1)[0]}.tar"
             file_bytes += write_official(path, official_coords(rec.boxes_fixed, rec.height, rec.width), rec.flips,
-                                         official_labels(scheme, rec.indices, rec.values))
+                                         official_labels(scheme, rec.indices, rec.values, store.meta.full_log_probs))
             alloc += allocated_bytes(path)
-        if scheme == "full":
-            probs = np.stack([store.read(i).values.astype(np.float32) for i in range(n)])
+        if scheme == "full":  # the teacher's probabilities (exp of a version-5 store's ln p)
+            probs = np.stack([store.meta.label_codec().stored_probabilities(store.read(i).values) for i in range(n)])
         store.close()
         ours = store_bytes(store_dir)
         rows.append({
@@ -107,7 +107,7 @@ def estimated_bytes_per_crop(probs: np.ndarray, scheme: str, k: int) -> float:
     (measured) plus the per-image columns and an ImageNet-style image id. The HDF5 container's
     fixed cost per shard (tens of KB per 1000-image shard, < 0.2 B per crop) is left out."""
     n, m, c = probs.shape
-    layout = RecordLayout(m, *(lambda s: (s.num_indices, s.num_values))(payload_shape(scheme, k, c)), index_dtype(c))
+    layout = record_layout(m, scheme, k, c)
     boxes, flips = [], []
     for i in range(n):
         crop = crops.sample_crops(f"n{i:08d}/n{i:08d}_{i}.JPEG", 375, 500, m, 0)
@@ -127,8 +127,7 @@ def extrapolate(rows: list[dict], synthetic_images: int, work: Path) -> list[dic
     out = []
     for scheme, k in VARIANTS:
         k_imagenet = quantize.stored_top_k(scheme, k if scheme != "full" else IMAGENET_CLASSES, IMAGENET_CLASSES)
-        shape = payload_shape(scheme, k_imagenet, IMAGENET_CLASSES)
-        raw = RecordLayout(IMAGENET_CROPS, shape.num_indices, shape.num_values, index_dtype(IMAGENET_CLASSES)).raw_size / IMAGENET_CROPS
+        raw = record_layout(IMAGENET_CROPS, scheme, k_imagenet, IMAGENET_CLASSES).raw_size / IMAGENET_CROPS
         synthetic = estimated_bytes_per_crop(probs, scheme, k_imagenet)
         size, alloc = official_size(work / f"official-{scheme}-k{k_imagenet}.tar", scheme, k_imagenet, IMAGENET_CROPS, IMAGENET_CLASSES)
         out.append({

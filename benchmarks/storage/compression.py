@@ -30,7 +30,7 @@ import numpy as np
 import zstandard
 
 from fkd import crops, quantize
-from fkd.schemes import SCHEMES
+from fkd.schemes import SCHEMES, Scheme
 from fkd.store.format import RecordLayout
 from fkd.store.writer import compress_records
 
@@ -50,6 +50,13 @@ def synthetic_probs(images: int, num_crops: int, num_classes: int, seed: int = 0
         p = np.exp(logits - logits.max(1, keepdims=True))
         out[n] = p / p.sum(1, keepdims=True)
     return out
+
+
+def record_layout(num_crops: int, scheme: str, top_k: int, num_classes: int) -> RecordLayout:
+    """The record layout of a store of ``scheme`` as fkd-labelgen writes it (full: log-probabilities)."""
+    shape = quantize.payload_shape(scheme, top_k, num_classes)
+    return RecordLayout(num_crops, shape.num_indices, shape.num_values, quantize.index_dtype(num_classes),
+                        log_values=Scheme.parse(scheme) is Scheme.FULL)
 
 
 def encode_all(probs: np.ndarray, scheme: str, top_k: int, seed: int = 0) -> dict[str, np.ndarray | None]:
@@ -108,8 +115,7 @@ def measure(probs: np.ndarray, top_k: int, reads: int) -> list[dict]:
     order = rng.integers(0, n, reads)
     for scheme in SCHEMES:
         arrays = encode_all(probs, scheme, top_k)
-        shape = quantize.payload_shape(scheme, top_k, c)
-        layout = RecordLayout(m, shape.num_indices, shape.num_values, quantize.index_dtype(c))
+        layout = record_layout(m, scheme, top_k, c)
         variants = {f"zstd-{lvl}": (lambda p, lvl=lvl: write_zstd(p, layout, arrays, lvl), lambda p: read_zstd(p, layout, order)) for lvl in (3, 9, 19)}
         variants.update({
             "h5-gzip": (lambda p: write_h5(p, arrays, "gzip"), lambda p: read_h5(p, order)),

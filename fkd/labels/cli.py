@@ -1,7 +1,7 @@
 """``fkd-labels``: the command line over the label-store tools (one subcommand per module).
 
-Exit status: 0 success; 1 a damaged or incomplete store (``verify`` found problems, or a store could
-not be read); 2 a request to change (bad arguments, a path that holds no store, an impossible
+Exit status: 0 success; 1 a damaged or incomplete store (``info`` or ``verify`` found it so, or a
+store could not be read); 2 a request to change (bad arguments, a path that holds no store, an impossible
 conversion, mismatched stores). Each command imports its module (and so torch, h5py, matplotlib)
 when it runs: ``--help`` and argument errors answer at once.
 """
@@ -18,7 +18,9 @@ from fkd.embedding_spec import EMBEDDING_DTYPES
 from fkd.schemes import SCHEMES
 
 from .errors import LabelsError
-from .fkd_format import DEFAULT_SHARD_SIZE, FKD_CROP_SCALE, FKD_INPUT_SIZE
+from .fkd_format import (
+    DEFAULT_SHARD_SIZE, DEFAULT_TEACHER, FKD_CROP_SCALE, FKD_INPUT_SIZE, FKD_INTERPOLATION, INTERPOLATIONS, SIDECAR_NAME,
+)
 from .subset import SUBSET_HELP, SubsetSpec, parse_subset
 
 PROG = "fkd-labels"
@@ -50,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("info", help="what a store holds: metadata, counts, size, bytes per crop, completeness",
-                            description="Summarize a store from its manifest (instant, works on incomplete stores).")
+                            description="Summarize a store from its manifest (instant, works on incomplete stores). "
+                            "Exit status 1 if the store is incomplete or a finished shard's file is missing or cut short.")
     p.add_argument("store", help="label store directory (holds store.json)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
     p.add_argument("--subset", type=subset_arg, metavar="SPEC", help="also count the images this selects (needs a complete store): " + SUBSET_HELP)
@@ -92,9 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=positive_int, metavar="N", help="images per shard of the new store (default: the source's)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
 
-    p = commands.add_parser("import-fkd", help="import soft labels written by the official FKD code",
+    p = commands.add_parser("import-fkd", help="import soft labels written by the official FKD code (or by export-fkd)",
                             description="Read the official FKD generator's one-file-per-image soft labels (SAVE_PATH/.../NAME.tar) "
-                            "into a label store. The images are needed for their sizes (boxes become pixels).")
+                            "into a label store. The images are needed for their sizes (boxes become pixels). The files hold "
+                            f"crops and labels only: files written by export-fkd carry the rest in {SIDECAR_NAME}, which the "
+                            "import restores (a flag that contradicts it is refused); for other files the flags below give it, "
+                            "and the official generator's defaults stand in for those not given, named in a warning.")
     p.add_argument("dir", help="the FKD --save_path (or the trainer's --softlabel_path)")
     p.add_argument("--data", required=True, help="the images the labels were generated for (ImageFolder directory, e.g. "
                    "imagenet/train, or a list file)")
@@ -102,13 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=positive_int, metavar="C", help="number of teacher classes (default: the data's class folders)")
     p.add_argument("--scheme", choices=SCHEMES, help="how to decode the labels: FKD's marginal files import as "
                    "marginal-smoothing (default) or marginal-renorm; hard and smoothing files as themselves")
-    p.add_argument("--shard-size", type=positive_int, default=DEFAULT_SHARD_SIZE, metavar="N", help=f"images per shard (default {DEFAULT_SHARD_SIZE})")
-    p.add_argument("--teacher", default="unknown teacher (official FKD soft labels)", help="teacher name to record in the metadata")
-    p.add_argument("--input-size", type=positive_int, default=FKD_INPUT_SIZE, metavar="PX",
-                   help=f"the teacher's input size in the FKD run (default {FKD_INPUT_SIZE}, as their released labels)")
-    p.add_argument("--crop-scale", type=float, nargs=2, default=FKD_CROP_SCALE, metavar=("MIN", "MAX"),
+    p.add_argument("--shard-size", type=positive_int, metavar="N",
+                   help=f"images per shard (default: the exported store's, else {DEFAULT_SHARD_SIZE})")
+    p.add_argument("--teacher", help=f"teacher name to record in the metadata (default: {DEFAULT_TEACHER!r})")
+    p.add_argument("--input-size", type=positive_int, metavar="PX",
+                   help=f"the teacher's input size in the FKD run (their --input_size; default {FKD_INPUT_SIZE}, as their released labels)")
+    p.add_argument("--crop-scale", type=float, nargs=2, metavar=("MIN", "MAX"),
                    help=f"their --min_scale_crops/--max_scale_crops (default {FKD_CROP_SCALE[0]} {FKD_CROP_SCALE[1]})")
-    p.add_argument("--temperature", type=float, default=1.0, help="their --temp (default 1.0)")
+    p.add_argument("--interpolation", choices=INTERPOLATIONS,
+                   help=f"how the crops were resized for the teacher, and so how fkd-train replays them (default {FKD_INTERPOLATION}, "
+                   "hard-coded in the official generator)")
+    p.add_argument("--temperature", type=float, help="the teacher's softmax temperature (default 1.0, the official generator's)")
     p.add_argument("--skip-missing", action="store_true", help="import the images that have a label file, leave out the others "
                    "(recorded in the metadata); default: refuse")
     p.add_argument("--workers", type=positive_int, default=None, metavar="N", help="processes reading files (default: up to 8)")
@@ -117,11 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("export-fkd", help="write a store as the official FKD code's soft-label files (one per image)",
                             description="Write OUT/<image id's folders>/<name>.tar per image, [coords, flips, labels] as the official "
                             "FKD generator saves them, for its train_FKD.py (--softlabel_path is the folder above OUT when OUT is "
-                            "named like the data folder, e.g. OUT=labels/train for imagenet/train) or for import-fkd.")
+                            "named like the data folder, e.g. OUT=labels/train for imagenet/train) or for import-fkd; and "
+                            f"OUT/{SIDECAR_NAME}, the store's settings the official format cannot hold (crop settings, the teacher's "
+                            "view, classes, teachers, seed, ...), from which import-fkd restores them.")
     p.add_argument("store", help="label store directory (complete)")
     p.add_argument("--out", required=True, help="directory for the FKD files")
     p.add_argument("--subset", type=subset_arg, metavar="SPEC", help="export only some images: " + SUBSET_HELP)
-    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing files of the same names")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing files of the same names "
+                   "(refused when --out holds the export of a store with other settings)")
 
     p = commands.add_parser("merge", help="join stores generated in parts (same settings, disjoint images)",
                             description="Join stores made with the same settings over disjoint images, in the given order.")
@@ -138,7 +151,7 @@ def run_info(args: argparse.Namespace) -> int:
 
     info = store_info(args.store, args.subset)
     print(json.dumps(info.to_dict(), indent=1) if args.json else format_info(info))
-    return 0
+    return 0 if info.complete else 1
 
 
 def run_verify(args: argparse.Namespace) -> int:
@@ -177,17 +190,23 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from .import_fkd import import_fkd
+    from fkd.quantize import stored_top_k
 
+    from .import_fkd import import_fkd
+    from .import_settings import ImportOptions
+
+    options = ImportOptions(args.num_classes, args.scheme, args.teacher, args.input_size,
+                            None if args.crop_scale is None else tuple(args.crop_scale), args.interpolation, args.temperature)
     extra = {"workers": args.workers} if args.workers is not None else {}
-    manifest = import_fkd(
-        args.dir, args.data, args.out, num_classes=args.num_classes, scheme=args.scheme, shard_size=args.shard_size,
-        teacher=args.teacher, input_size=args.input_size, crop_scale=tuple(args.crop_scale), temperature=args.temperature,
-        skip_missing=args.skip_missing, overwrite=args.overwrite, **extra,
-    )
-    meta = manifest.meta
-    print(f"wrote {args.out}: {meta.num_images} images x {meta.num_crops} crops, scheme {meta.scheme}, K={meta.top_k}, "
-          f"{meta.num_classes} classes, {len(meta.bad_images)} images without labels left out")
+    result = import_fkd(args.dir, args.data, args.out, options, args.shard_size, args.skip_missing, args.overwrite, **extra)
+    if result.assumed:
+        print(f"{PROG} import-fkd: warning: {args.dir} has no {SIDECAR_NAME} (not written by export-fkd): assumed the official FKD "
+              f"generator's {' '.join(result.assumed)}; pass the values the labels were made with if they differ (fkd-train "
+              "replays crops with the recorded interpolation)", file=sys.stderr)
+    meta = result.manifest.meta
+    print(f"wrote {args.out}: {meta.num_images} images x {meta.num_crops} crops, scheme {meta.scheme}, "
+          f"K={stored_top_k(meta.scheme, meta.top_k, meta.num_classes)}, {meta.num_classes} classes, "
+          f"{len(meta.bad_images)} images without labels left out" + (f"; settings from {result.sidecar}" if result.sidecar else ""))
     return 0
 
 
@@ -195,7 +214,8 @@ def run_export(args: argparse.Namespace) -> int:
     from .export_fkd import export_fkd
 
     summary = export_fkd(args.store, args.out, args.subset, args.overwrite)
-    print(f"wrote {summary.files} FKD files ({summary.bytes / 2**20:.1f} MiB) under {args.out}; official train_FKD.py: "
+    print(f"wrote {summary.files} FKD files ({summary.bytes / 2**20:.1f} MiB) under {args.out}, and the settings they cannot hold "
+          f"in {Path(args.out) / SIDECAR_NAME} (for import-fkd); official train_FKD.py: "
           f"--soft_label_type {summary.label_type}, --softlabel_path the folder above {args.out} when it is named like the data folder")
     return 0
 

@@ -3,7 +3,9 @@
 What each source keeps decides what it can become (C classes, stored K):
 
 - ``full`` (all C probabilities): anything; the new payload is ``quantize.encode`` of the stored
-  probabilities, exactly what fkd-labelgen would have stored from them.
+  probabilities (``LabelCodec.stored_probabilities``: ``exp`` of a version-5 store's ln p), exactly
+  what fkd-labelgen would have stored from them. ``full`` to ``full`` copies the values unchanged,
+  log-probabilities staying log-probabilities (``copy_meta`` keeps the source's format version).
 - a top-K payload (``marginal-*`` with K, or ``smoothing`` = top-1 with its probability):
   ``marginal-*`` with K' <= K (the K' largest stored probabilities), ``smoothing`` (p_max is the
   top-1 value), ``hardening``; ``full`` only when K = C. The two marginal schemes store the same
@@ -31,7 +33,7 @@ import numpy as np
 
 from fkd import embedding_codec, quantize
 from fkd.embedding_spec import EMBEDDING_DTYPES
-from fkd.quantize import Scheme, stored_top_k
+from fkd.quantize import LabelCodec, Scheme, stored_top_k
 from fkd.store import ImageLabels, LabelStore, Manifest, StoreMeta, copy_meta
 
 from .builder import image_list_fingerprint, iter_records, prepare_output, write_store
@@ -51,6 +53,7 @@ class Conversion:
     target: Scheme
     target_k: int
     num_classes: int
+    codec: LabelCodec  # the source's: how its values decode
 
     @property
     def description(self) -> str:
@@ -61,8 +64,10 @@ class Conversion:
 
     def convert(self, record: ImageLabels) -> ImageLabels:
         """The record with its payload re-quantized (boxes, flips and ids unchanged)."""
-        if self.source is Scheme.FULL:
-            payload = quantize.encode(record.values.astype(np.float32), self.target, self.target_k)
+        if self.source is Scheme.FULL and self.target is Scheme.FULL:
+            indices, values = None, record.values
+        elif self.source is Scheme.FULL:
+            payload = quantize.encode(self.codec.stored_probabilities(record.values), self.target, self.target_k)
             indices, values = payload.indices, payload.values
         elif self.source is Scheme.HARDENING:
             indices, values = record.indices, None
@@ -98,7 +103,7 @@ def plan_conversion(meta: StoreMeta, scheme: "str | Scheme", top_k: "int | None"
     if top_k < 1:
         raise LabelsError(f"--top-k must be >= 1, got {top_k}")
     target_k = stored_top_k(target, top_k, classes)
-    conversion = Conversion(source, source_k, target, target_k, classes)
+    conversion = Conversion(source, source_k, target, target_k, classes, meta.label_codec())
     what = f"cannot convert {source.value} (K={source_k}) to {target.value}" + (f" with K={target_k}" if target in MARGINAL else "")
     if source is Scheme.FULL or target is Scheme.HARDENING:
         return conversion

@@ -10,10 +10,13 @@ that reads its layout, and so that ``import-fkd`` has a counterpart. Each image 
 - ``flips`` bool (M,);
 - ``labels`` as ``label_quantization`` makes them: hardening int64 (M,); smoothing float32 (M, 2)
   ``[index, p_max]``; marginal schemes float32 (M, 2, K) ``[indices; probabilities]`` (raw top-K
-  probabilities, descending); full float32 (M, C), the official trainer's ``ori`` type.
+  probabilities, descending); full float32 (M, C) probabilities (``exp`` of a version-5 store's
+  log-probabilities), the official trainer's ``ori`` type.
 
 The official trainer reads ``SOFTLABEL_PATH/<last two directories of the image>/<name>.tar``: for an
 ImageFolder store (ids ``CLASS/NAME.ext``) made from ``.../train``, export to ``SOFTLABEL_PATH/train``.
+Beside the files, ``OUT/fkd-store.json`` keeps the store's settings the official format cannot hold
+(``fkd_sidecar``), so that ``import-fkd`` gives back a store that trains the same.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ import torch
 from tqdm import tqdm
 
 from fkd.crops import fixed_to_boxes
-from fkd.quantize import stored_top_k
+from fkd.quantize import LabelCodec, stored_top_k
 from fkd.schemes import Scheme
-from fkd.store import LabelStore
+from fkd.store import LabelStore, StoreMeta
 
+from .differences import describe_differences
 from .errors import LabelsError
-from .fkd_format import fkd_file_name
+from .fkd_format import SIDECAR_NAME, fkd_file_name
+from .fkd_sidecar import read_sidecar, write_sidecar
 from .subset import StoreSubset, SubsetSpec
 
 
@@ -52,11 +57,15 @@ def official_coords(boxes_fixed: np.ndarray, height: int, width: int) -> np.ndar
     return (boxes / np.array([height, width, height, width], dtype=np.float64)).astype(np.float32)
 
 
-def official_labels(scheme: "str | Scheme", indices: "np.ndarray | None", values: "np.ndarray | None") -> np.ndarray:
-    """One image's stored payload in the layout the official ``label_quantization`` produces."""
+def official_labels(
+    scheme: "str | Scheme", indices: "np.ndarray | None", values: "np.ndarray | None", log_values: bool = False
+) -> np.ndarray:
+    """One image's stored payload in the layout the official ``label_quantization`` produces.
+    ``log_values``: full values are log-probabilities (``StoreMeta.full_log_probs``), written as the
+    probabilities ``ori`` holds."""
     scheme = Scheme.parse(scheme)
     if scheme is Scheme.FULL:
-        return np.asarray(values, dtype=np.float32)
+        return LabelCodec(scheme, values.shape[-1], log_probs=log_values).stored_probabilities(np.asarray(values))
     if scheme is Scheme.HARDENING:
         return np.asarray(indices[:, 0], dtype=np.int64)
     if scheme is Scheme.SMOOTHING:
@@ -103,6 +112,21 @@ def official_paths(image_ids: Iterable[str]) -> list[PurePosixPath]:
     return paths
 
 
+def refuse_mixing(out: Path, meta: StoreMeta, store_path: "str | Path") -> None:
+    """LabelsError when ``out`` already holds the export of a store with other settings: one
+    sidecar could not describe both sets of files (another part of the same store may join them)."""
+    try:
+        recorded = read_sidecar(out / SIDECAR_NAME)
+    except LabelsError:
+        return  # not a sidecar to keep: replaced
+    details = describe_differences(recorded, meta) if recorded is not None else ""
+    if details:
+        raise LabelsError(
+            f"--out {out} holds the FKD files of a store with other settings (that store vs {store_path}: {details}); "
+            "export to another --out"
+        )
+
+
 def export_fkd(store_path: "str | Path", out: "str | Path", subset: "SubsetSpec | None" = None, overwrite: bool = False) -> ExportSummary:
     """Write every image (or the ``subset``) of the complete store at ``store_path`` as an official
     FKD file under ``out``."""
@@ -117,9 +141,12 @@ def export_fkd(store_path: "str | Path", out: "str | Path", subset: "SubsetSpec 
         view = StoreSubset.from_spec(store, subset) if subset is not None else store
         meta = store.meta
         paths = official_paths(view.image_ids)
+        refuse_mixing(out, meta, store_path)
+        write_sidecar(out, meta)  # first: files never lie about without their settings
         total = 0
         for index in tqdm(range(len(view)), desc="exporting FKD files", unit="img", disable=None):
             record = view.read(index)
             coords = official_coords(record.boxes_fixed, record.height, record.width)
-            total += write_official(out / paths[index], coords, record.flips, official_labels(meta.scheme, record.indices, record.values))
+            labels = official_labels(meta.scheme, record.indices, record.values, meta.full_log_probs)
+            total += write_official(out / paths[index], coords, record.flips, labels)
     return ExportSummary(len(paths), total, official_label_type(meta.scheme, stored_top_k(meta.scheme, meta.top_k, meta.num_classes)))

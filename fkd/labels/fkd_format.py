@@ -10,13 +10,19 @@ from __future__ import annotations
 
 FKD_SUFFIX = ".tar"
 
-# The official generator's defaults (FKD_SLG/generate_soft_label.py), used for imported stores' metadata.
+# The official generator's defaults (FKD_SLG/generate_soft_label.py: --input_size, --min/max_scale_crops,
+# its hard-coded bicubic), recorded for files imported without export-fkd's sidecar unless flags say otherwise.
 FKD_INPUT_SIZE = 475
 FKD_CROP_SCALE = (0.08, 0.936)
 FKD_INTERPOLATION = "bicubic"
+DEFAULT_TEACHER = "unknown teacher (official FKD soft labels)"
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 DEFAULT_SHARD_SIZE = 1000
+SIDECAR_NAME = "fkd-store.json"
+"""The file ``export-fkd`` writes beside the FKD files: the settings the official format cannot hold."""
 IMPORTED_SOURCE = "official FKD soft labels imported from"
-"""How ``import-fkd`` marks the teacher of a store it writes: such crops were drawn unseeded."""
+"""How ``import-fkd`` marks the teacher of a store it writes from official files (no sidecar): such
+crops were drawn unseeded."""
 
 
 def is_imported(teachers: list[dict]) -> bool:

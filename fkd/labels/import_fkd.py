@@ -16,6 +16,10 @@ We accept either: the number of trailing directories is detected once, on the fi
 become pixels the way their replay cuts them (PIL rounds the box corners), which needs each image's
 size: images are listed from ``--data`` and their headers read. Files are loaded with
 ``torch.load(weights_only=True)``, allowing only the numpy array reconstruction they need.
+
+What the files cannot hold (crop settings, the teacher's view, the class space, ...) comes from
+``export-fkd``'s sidecar when there is one, else from the flags or the official defaults
+(``import_settings``).
 """
 
 from __future__ import annotations
@@ -26,61 +30,30 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
-import torch
 from PIL import Image
 
+from fkd.classes import ClassSpaceError, apply_class_map
 from fkd.crops import boxes_to_fixed
 from fkd.images import ImageList, fingerprint, list_images
-from fkd.quantize import Scheme, index_dtype
-from fkd.store import UNKNOWN_PRECISION, ImageLabels, Manifest, new_meta
+from fkd.quantize import Scheme, index_dtype, stored_top_k
+from fkd.store import ImageLabels, Manifest, StoreMeta, copy_meta, new_meta
 
 from .builder import image_list_fingerprint, prepare_output, write_store
 from .errors import LabelsError
-from .fkd_format import DEFAULT_SHARD_SIZE, FKD_CROP_SCALE, FKD_INPUT_SIZE, FKD_INTERPOLATION, IMPORTED_SOURCE, fkd_file_name
+from .fkd_files import FkdPayload, load_fkd_file, payload_kind, pixel_boxes
+from .fkd_format import DEFAULT_SHARD_SIZE, SIDECAR_NAME, fkd_file_name
+from .fkd_sidecar import PLAIN_IMPORT_HINT, read_sidecar
+from .import_settings import ImportOptions
 
 TRAILING_DIRS = (3, 2, 1, 0)
 """Directories of the image path kept under the label root: 3 as the generator writes, 2 as its
 trainer reads (``--softlabel_path`` one level down), fewer for flat copies."""
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 PARALLEL_MIN_IMAGES = 256
 """Below this many images, files are read in-process (worker start-up would cost more)."""
-
-# torch.load(weights_only=True) refuses numpy arrays unless their reconstruction is allowed. The
-# function lives in numpy._core (numpy 2) or numpy.core (numpy 1), and files name it by the path of
-# the numpy that wrote them: allow both names.
-_reconstruct = np.zeros(0).__reduce__()[0]
-_PLAIN_DTYPES = [type(np.dtype(t)) for t in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-                                               "float16", "float32", "float64")]
-SAFE_GLOBALS = [
-    (_reconstruct, "numpy._core.multiarray._reconstruct"),
-    (_reconstruct, "numpy.core.multiarray._reconstruct"),
-    np.ndarray,
-    np.dtype,
-    *_PLAIN_DTYPES,  # numpy >= 1.25 pickles a dtype's class too; object dtypes stay refused
-]
-
-
-@dataclass(frozen=True)
-class FkdPayload:
-    """The label kind of a file: ``hard`` (M,), ``smoothing`` (M, 2) or ``marginal`` (M, 2, K)."""
-
-    kind: str
-    num_crops: int
-    top_k: int
-
-    @property
-    def schemes(self) -> tuple[Scheme, ...]:
-        """Our schemes that decode this payload as FKD does (the first is the default)."""
-        if self.kind == "hard":
-            return (Scheme.HARDENING,)
-        if self.kind == "smoothing":
-            return (Scheme.SMOOTHING,)
-        return (Scheme.MARGINAL_SMOOTHING, Scheme.MARGINAL_RENORM)
 
 
 @dataclass(frozen=True)
@@ -102,63 +75,22 @@ def label_file(label_root: Path, image_path: Path, trailing_dirs: int) -> Path:
     return label_root.joinpath(*dirs, fkd_file_name(image_path.name))
 
 
-def detect_layout(label_root: Path, images: ImageList) -> int:
+def detect_layout(label_root: Path, images: ImageList) -> tuple[int, Path]:
     """The number of trailing image directories the label files use (from the first image that has
-    a label file under any of them)."""
+    a label file under any of them), and where ``export-fkd`` would have put its sidecar: the top of
+    the image-id tree, ``label_root`` itself or (from the trainer's ``--softlabel_path``) a folder below."""
     for i in range(len(images)):
         path = images.path(i)
         for trailing in TRAILING_DIRS:
-            if label_file(label_root, path, trailing).is_file():
-                return trailing
+            file = label_file(label_root, path, trailing)
+            if file.is_file():
+                depth = len(PurePosixPath(images.entries[i].image_id).parts)
+                return trailing, file.parents[min(depth - 1, trailing)] / SIDECAR_NAME
     example = label_file(label_root, images.path(0), 2)
     raise LabelsError(
         f"no FKD soft-label file for any image of the data under {label_root} (looked for e.g. {example}); "
         "pass the --save_path the FKD generator wrote to (or its --softlabel_path) and the image data it labelled"
     )
-
-
-def load_fkd_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(coords (M, 4) float64, flips (M,) bool, labels)`` from one FKD file; LabelsError if the
-    file is not in the FKD layout."""
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and torch errors alike: the file is not one of theirs
-        raise LabelsError(f"{path}: not a readable FKD soft-label file: {str(exc).splitlines()[0]}") from None
-    if not isinstance(state, (list, tuple)) or len(state) != 3:
-        raise LabelsError(f"{path}: expected [coords, flips, labels], got {type(state).__name__}")
-    try:
-        coords, flips, labels = (np.asarray(x.numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float64) for x in state)
-    except (TypeError, ValueError) as exc:
-        raise LabelsError(f"{path}: coords, flips and labels must be numeric arrays ({exc})") from None
-    if coords.ndim != 2 or coords.shape[1] != 4 or flips.shape != (coords.shape[0],):
-        raise LabelsError(f"{path}: coords must be (M, 4) and flips (M,), got {coords.shape} and {flips.shape}")
-    if not np.all(np.isfinite(coords)) or coords.min(initial=0) < 0 or coords.max(initial=0) > 1:
-        raise LabelsError(f"{path}: crop coordinates must be fractions of the image size in [0, 1]")
-    if not np.all((flips == 0) | (flips == 1)):
-        raise LabelsError(f"{path}: flips must be booleans")
-    return coords, flips.astype(bool), labels
-
-
-def payload_kind(labels: np.ndarray, num_crops: int, path: Path) -> FkdPayload:
-    if labels.shape == (num_crops,):
-        return FkdPayload("hard", num_crops, 1)
-    if labels.shape == (num_crops, 2):
-        return FkdPayload("smoothing", num_crops, 1)
-    if labels.ndim == 3 and labels.shape[:2] == (num_crops, 2):
-        return FkdPayload("marginal", num_crops, labels.shape[2])
-    raise LabelsError(f"{path}: labels of shape {labels.shape} are not FKD's hard (M,), smoothing (M, 2) or marginal (M, 2, K)")
-
-
-def pixel_boxes(coords: np.ndarray, height: int, width: int) -> np.ndarray:
-    """FKD fractions -> pixel boxes (top, left, height, width). Their replay crops with PIL, which
-    rounds the corners: top = round(i), bottom = round(i + h); kept inside the image, >= 1 pixel."""
-    scale = np.array([height, width], dtype=np.float64)
-    start = np.rint(coords[:, :2] * scale)
-    end = np.rint((coords[:, :2] + coords[:, 2:]) * scale)
-    start = np.clip(start, 0, scale - 1)
-    end = np.clip(end, start + 1, scale)
-    return np.concatenate([start, end - start], axis=1).astype(np.int64)
 
 
 def read_image_labels(job: ImportJob) -> tuple[ImageLabels, FkdPayload]:
@@ -202,22 +134,96 @@ def _read_all(jobs: list[ImportJob], workers: int) -> Iterator[tuple[ImageLabels
         yield from pool.map(read_image_labels, jobs, chunksize=64)
 
 
+@dataclass(frozen=True)
+class ImportResult:
+    """The store written, the sidecar its settings came from (None: official files), and the official
+    defaults assumed for settings neither a sidecar nor a flag gave (as flags)."""
+
+    manifest: Manifest
+    sidecar: "Path | None"
+    assumed: list[str]
+
+
+@dataclass
+class ImportPlan:
+    """The images that have a label file (as jobs) and those that have none."""
+
+    jobs: list[ImportJob]
+    data_labels: list[int]  # the jobs' labels as the data has them (fkd-labelgen fingerprints its listing so)
+    missing: list[str]
+    bad_images: list[dict[str, str]]  # images the exported store had left out, with its reasons
+
+
+def plan_jobs(label_root: Path, images: ImageList, labelled: ImageList, trailing: int, num_classes: int,
+              left_out: dict[str, dict[str, str]]) -> ImportPlan:
+    """One job per image with a label file, labelled in the store's class space (``labelled``)."""
+    plan = ImportPlan([], [], [], [])
+    for i, (entry, target) in enumerate(zip(images.entries, labelled.entries)):
+        path = images.path(i)
+        file = label_file(label_root, path, trailing)
+        if file.is_file():
+            plan.jobs.append(ImportJob(file, path, entry.image_id, target.label, num_classes))
+            plan.data_labels.append(entry.label)
+        elif entry.image_id in left_out:
+            plan.bad_images.append(left_out[entry.image_id])
+        else:
+            plan.missing.append(entry.image_id)
+    return plan
+
+
+def class_space(images: ImageList, recorded: "StoreMeta | None", options: ImportOptions, sidecar: Path) -> tuple[int, list[str], ImageList]:
+    """The store's class count and names, and the listing with its labels in that space: the exported
+    store's (a class map moves the data's labels to teacher classes, ``fkd.classes``), else the flags' or data's."""
+    if recorded is None:
+        num_classes = options.num_classes if options.num_classes is not None else len(images.class_names)
+        if num_classes < 2:
+            raise LabelsError(f"need at least 2 classes, got {num_classes}; pass --num-classes")
+        names = images.class_names if len(images.class_names) == num_classes else [str(c) for c in range(num_classes)]
+        return num_classes, list(names), images
+    if recorded.class_map is None:
+        return recorded.num_classes, list(recorded.class_names), images
+    try:
+        return recorded.num_classes, list(recorded.class_names), apply_class_map(images, recorded.class_map, recorded.class_names)
+    except ClassSpaceError as exc:
+        raise LabelsError(f"{exc} (the map is recorded in {sidecar})") from None
+
+
+def check_fits(recorded: StoreMeta, kind: FkdPayload, sidecar: Path, first: Path) -> None:
+    """Refuse a sidecar that does not describe the files (left over from another export)."""
+    fits = (
+        recorded.embedding is None and Scheme.parse(recorded.scheme) in kind.schemes and recorded.num_crops == kind.num_crops
+        and stored_top_k(recorded.scheme, recorded.top_k, recorded.num_classes) == kind.top_k
+    )
+    if not fits:
+        raise LabelsError(
+            f"{sidecar} describes {recorded.describe_payload()} for {recorded.num_crops} crops, but {first} holds {kind.kind} "
+            f"labels (K={kind.top_k}) for {kind.num_crops} crops: it belongs to another export; {PLAIN_IMPORT_HINT}"
+        )
+
+
+def choose_scheme(kind: FkdPayload, scheme: "str | Scheme | None") -> Scheme:
+    """``scheme`` if it decodes the files' ``kind`` as FKD does, else LabelsError; None: the kind's default."""
+    chosen = Scheme.parse(scheme) if scheme is not None else kind.schemes[0]
+    if chosen not in kind.schemes:
+        raise LabelsError(
+            f"the FKD files hold {kind.kind} labels, which import as {' or '.join(s.value for s in kind.schemes)}, "
+            f"not {chosen.value}; import first, then use fkd-labels convert"
+        )
+    return chosen
+
+
 def import_fkd(
     label_root: "str | Path",
     data: "str | Path",
     out: "str | Path",
-    num_classes: "int | None" = None,
-    scheme: "str | Scheme | None" = None,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    teacher: str = "unknown teacher (official FKD soft labels)",
-    input_size: int = FKD_INPUT_SIZE,
-    crop_scale: tuple[float, float] = FKD_CROP_SCALE,
-    temperature: float = 1.0,
+    options: ImportOptions = ImportOptions(),
+    shard_size: "int | None" = None,
     skip_missing: bool = False,
     overwrite: bool = False,
     workers: int = min(8, os.cpu_count() or 1),
-) -> Manifest:
-    """Write the store ``out`` from the FKD soft labels under ``label_root`` for the images of ``data``."""
+) -> ImportResult:
+    """Write the store ``out`` from the FKD soft labels under ``label_root`` for the images of ``data``,
+    with the settings of ``export-fkd``'s sidecar when the files have one, else ``options``."""
     label_root = Path(label_root)
     if not label_root.is_dir():
         raise LabelsError(f"FKD soft-label directory not found: {label_root}")
@@ -226,53 +232,38 @@ def import_fkd(
     except (OSError, ValueError) as exc:
         raise LabelsError(f"cannot list the images of --data {data}: {exc}") from None
     images.root = images.root.resolve()  # FKD's layout uses the image's parent directories by name
-    num_classes = num_classes if num_classes is not None else len(images.class_names)
-    if num_classes < 2:
-        raise LabelsError(f"need at least 2 classes, got {num_classes}; pass --num-classes")
-    class_names = images.class_names if len(images.class_names) == num_classes else [str(c) for c in range(num_classes)]
+    trailing, sidecar = detect_layout(label_root, images)
+    recorded = read_sidecar(sidecar)
+    if recorded is not None:
+        options.refuse_conflicts(recorded, sidecar)
+    num_classes, class_names, labelled = class_space(images, recorded, options, sidecar)
     prepare_output(out, overwrite, [label_root])
-    trailing = detect_layout(label_root, images)
-    jobs, missing = [], []
-    for i, entry in enumerate(images.entries):
-        path = images.path(i)
-        file = label_file(label_root, path, trailing)
-        if file.is_file():
-            jobs.append(ImportJob(file, path, entry.image_id, entry.label, num_classes))
-        else:
-            missing.append(entry.image_id)
+    left_out = {b["image_id"]: b for b in recorded.bad_images} if recorded is not None else {}  # no file, as expected
+    plan = plan_jobs(label_root, images, labelled, trailing, num_classes, left_out)
+    jobs, missing = plan.jobs, plan.missing
     if missing and not skip_missing:
         raise LabelsError(
             f"{len(missing)} of {len(images)} images have no FKD soft-label file (first: {missing[:3]}, expected e.g. "
             f"{label_file(label_root, images.root / missing[0], trailing)}); pass --skip-missing to import the others"
         )
     _, first_kind = read_image_labels(jobs[0])
-    schemes = first_kind.schemes
-    chosen = Scheme.parse(scheme) if scheme is not None else schemes[0]
-    if chosen not in schemes:
-        raise LabelsError(
-            f"the FKD files hold {first_kind.kind} labels, which import as {' or '.join(s.value for s in schemes)}, "
-            f"not {chosen.value}; import first, then use fkd-labels convert"
-        )
-    meta = new_meta(
-        scheme=chosen.value,
-        top_k=first_kind.top_k,
-        num_classes=num_classes,
-        class_names=list(class_names),
-        num_crops=first_kind.num_crops,
+    per_import = dict(
         num_images=len(jobs),
-        shard_size=shard_size,
-        teachers=[{"name": teacher, "source": f"{IMPORTED_SOURCE} {label_root}"}],
-        temperature=temperature,
-        crop_scale=tuple(crop_scale),
-        input_size=(input_size, input_size),
-        interpolation=FKD_INTERPOLATION,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        data_fingerprint=image_list_fingerprint([j.image_id for j in jobs], [j.label for j in jobs]),
-        teacher_precision=UNKNOWN_PRECISION,
+        shard_size=shard_size or (recorded.shard_size if recorded is not None else DEFAULT_SHARD_SIZE),
+        data_fingerprint=image_list_fingerprint([j.image_id for j in jobs], plan.data_labels),
         image_fingerprint="crc32",
-        bad_images=[{"image_id": m, "reason": "no FKD soft-label file"} for m in missing],
+        bad_images=plan.bad_images + [{"image_id": m, "reason": "no FKD soft-label file"} for m in missing],
     )
+    assumed: list[str] = []
+    if recorded is not None:
+        check_fits(recorded, first_kind, sidecar, jobs[0].label_file)
+        meta = copy_meta(recorded, **per_import)
+    else:
+        settings, assumed = options.official_settings(label_root)
+        meta = new_meta(
+            scheme=choose_scheme(first_kind, options.scheme).value, top_k=first_kind.top_k, num_classes=num_classes,
+            class_names=class_names, num_crops=first_kind.num_crops, **settings, **per_import,
+        )
 
     def records() -> Iterator[ImageLabels]:
         for job, (record, kind) in zip(jobs, _read_all(jobs, workers)):
@@ -284,4 +275,5 @@ def import_fkd(
                 )
             yield record
 
-    return write_store(out, meta, records(), desc="importing FKD labels")
+    manifest = write_store(out, meta, records(), desc="importing FKD labels")
+    return ImportResult(manifest, sidecar if recorded is not None else None, assumed)

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fkd.quantize import stored_top_k
+from fkd.quantize import Scheme, stored_top_k
 from fkd.store import MANIFEST_NAME, LabelStore, Manifest, shard_file_problem
 
+from .differences import full_values
 from .fkd_format import is_imported
 from .subset import StoreSubset, SubsetSpec
 
@@ -31,6 +32,7 @@ class StoreInfo:
     payload: str  # "labels" or "embedding"
     scheme: str | None  # None for an embedding store
     top_k: int  # the K the records hold (1 for hardening/smoothing, C for full; 0 for an embedding store)
+    full_values: str | None  # a full store's float16 values: "log-probabilities" (format 5) or "probabilities" (older)
     embedding: dict[str, Any] | None  # dim, dtype, source, normalization of an embedding store
     num_classes: int
     class_names: list[str]
@@ -86,6 +88,7 @@ def store_info(path: "str | Path", subset: "SubsetSpec | None" = None) -> StoreI
         payload=meta.payload,
         scheme=meta.scheme,
         top_k=0 if meta.embedding is not None else stored_top_k(meta.scheme, meta.top_k, meta.num_classes),
+        full_values=full_values(meta) if meta.scheme == Scheme.FULL.value else None,
         embedding=None if meta.embedding is None else dataclasses.asdict(meta.embedding),
         num_classes=meta.num_classes,
         class_names=list(meta.class_names),
@@ -125,9 +128,10 @@ def store_info(path: "str | Path", subset: "SubsetSpec | None" = None) -> StoreI
 
 
 def payload_line(info: StoreInfo) -> str:
-    """The label scheme, or what the embedding vectors are and how they are stored."""
+    """The label scheme (a full store's with what its values are), or what the embedding vectors are
+    and how they are stored."""
     if info.embedding is None:
-        return f"scheme:       {info.scheme}, K={info.top_k}"
+        return f"scheme:       {info.scheme}, K={info.top_k}" + (f", float16 {info.full_values}" if info.full_values else "")
     e = info.embedding
     scale = " (a float32 scale per crop)" if e["dtype"] == "int8" else ""
     return f"embedding:    D={e['dim']}, {e['dtype']}{scale}, from {e['source']}, normalization {e['normalization']}"

@@ -15,11 +15,9 @@ import numpy as np
 from fkd.store import LabelStore, Manifest, copy_meta
 
 from .builder import image_list_fingerprint, iter_records, prepare_output, write_store
+from .differences import describe_differences
 from .errors import LabelsError
 from .subset import SubsetSpec, select
-
-PER_PART_SETTINGS = ("num_images", "shard_size", "data_fingerprint")
-"""Settings that legitimately differ between parts of one store."""
 
 
 def merge_stores(
@@ -35,11 +33,8 @@ def merge_stores(
     stores = [LabelStore(s, payload=None) for s in sources]  # labels or embeddings: the builder writes either
     first = stores[0]
     for path, store in zip(sources[1:], stores[1:]):
-        differing = [k for k in first.meta.differences(store.meta) if k not in PER_PART_SETTINGS]
-        if differing:
-            details = "; ".join(
-                f"{k}: {first.meta.settings().get(k)!r} vs {store.meta.settings().get(k)!r}" for k in differing
-            )
+        details = describe_differences(first.meta, store.meta)
+        if details:
             raise LabelsError(f"{path} was made with other settings than {sources[0]} ({details}); only parts of one run can be merged")
     prepare_output(out, overwrite, sources)
     selections = [select(s, subset) if subset is not None else np.arange(len(s)) for s in stores]

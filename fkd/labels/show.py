@@ -73,13 +73,6 @@ def image_file(data: "str | Path", image_id: str) -> ImageLocation:
     return ImageLocation(str(path))
 
 
-def decoded_labels(record: ImageLabels, scheme: str, num_classes: int) -> torch.Tensor:
-    """(M, C) dense soft labels of a record, as training decodes them."""
-    indices = None if record.indices is None else torch.from_numpy(record.indices.astype(np.int64))
-    values = None if record.values is None else torch.from_numpy(record.values.astype(np.float32))
-    return quantize.decode(indices, values, scheme, num_classes)
-
-
 def render(
     store: LabelStore,
     image: str,
@@ -144,7 +137,7 @@ def draw(meta: StoreMeta, record: ImageLabels, pixels: torch.Tensor, num_boxes: 
     """The figure for one record over its image ``pixels`` (3, H, W) uint8."""
     shown = min(num_boxes, meta.num_crops)
     detailed = min(num_crops, shown)
-    labels = decoded_labels(record, meta.scheme, meta.num_classes)
+    labels = record.decoded_labels(meta.label_codec())  # as training decodes them
     bars = min(meta.num_classes, MAX_BARS, max(5, quantize.stored_top_k(meta.scheme, meta.top_k, meta.num_classes)))
 
     rows = max(detailed, 1)

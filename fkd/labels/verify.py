@@ -5,9 +5,9 @@ Each shard is checked in the order that gives the most precise diagnosis: listed
 sha256 (bit flips, foreign files; such a file is not parsed further, as HDF5 can hang on damaged
 structures), then its HDF5 structure (store id, image ranges) and every record (CRC32,
 decompression, layout), and finally the payload values themselves (class indices below C,
-probabilities in [0, 1]; embeddings of D finite values, int8 codes in -127..127 with finite,
-non-negative scales; boxes inside the image), which catch a shard that is intact but was written
-wrong.
+probabilities in [0, 1], a version-5 full store's log-probabilities in [LOG_PROB_FLOOR, 0];
+embeddings of D finite values, int8 codes in -127..127 with finite, non-negative scales; boxes
+inside the image), which catch a shard that is intact but was written wrong.
 
 Bad shards are what fkd-labelgen must redo. Rerunning it with the same arguments is the repair for
 nearly all of them: it labels the shards the manifest lacks and relabels each finished shard whose
@@ -27,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fkd.crops import FIXED_POINT_SCALE
+from fkd.quantize import LOG_PROB_FLOOR
 from fkd.store import ImageLabels, LabelStore, Manifest, StoreError, StoreMeta, store_lock
 from fkd.store.format import SHARD_PATTERN
 
@@ -167,9 +168,7 @@ def record_problems(record: ImageLabels, meta: StoreMeta) -> list[str]:
     if record.indices is not None and record.indices.size and int(record.indices.max()) >= meta.num_classes:
         problems.append(f"class index {int(record.indices.max())} is not below num_classes {meta.num_classes}")
     if record.values is not None:
-        values = record.values.astype(np.float32)
-        if not np.all(np.isfinite(values)) or values.min(initial=0) < 0 or values.max(initial=0) > 1:
-            problems.append("stored probabilities outside [0, 1] (or not finite)")
+        problems.extend(value_problems(record.values, meta.full_log_probs))
     if meta.embedding is not None:
         problems.extend(embedding_problems(record, meta.embedding.dim))
     boxes = record.boxes_fixed.astype(np.int64)
@@ -177,6 +176,16 @@ def record_problems(record: ImageLabels, meta: StoreMeta) -> list[str]:
     if np.any(boxes[:, 2:] < 1) or np.any(ends > FIXED_POINT_SCALE + 1):
         problems.append("crop boxes that are empty or extend past the image")
     return problems
+
+
+def value_problems(values: np.ndarray, log_probs: bool) -> list[str]:
+    """Stored label values no writer produces: probabilities outside [0, 1], or (a full store of
+    format version 5) log-probabilities outside [LOG_PROB_FLOOR, 0], where ``encode`` clamps them."""
+    low, high, what = (LOG_PROB_FLOOR, 0.0, "log-probabilities") if log_probs else (0.0, 1.0, "probabilities")
+    values = values.astype(np.float32)
+    if np.all(np.isfinite(values)) and values.min(initial=high) >= low and values.max(initial=low) <= high:
+        return []
+    return [f"stored {what} outside [{low:g}, {high:g}] (or not finite)"]
 
 
 def embedding_problems(record: ImageLabels, dim: int) -> list[str]:

@@ -18,21 +18,26 @@ import numpy as np
 
 from ..embedding_spec import EmbeddingSpec
 from ..precision import PRECISIONS
-from ..quantize import Scheme, index_dtype, payload_shape, stored_top_k
+from ..quantize import LabelCodec, Scheme, index_dtype, payload_shape, stored_top_k
 from .errors import StoreFormatError, StorePayloadError
 from .layout import EmbeddingLayout, PayloadLayout, RecordLayout
 
 LABELS_FORMAT_VERSION = 3
 EMBEDDING_FORMAT_VERSION = 4
-FORMAT_VERSION = EMBEDDING_FORMAT_VERSION
-"""The newest version this fkd writes. Label stores are written as version 3, embedding stores as 4."""
-READABLE_VERSIONS = (1, 2, 3, 4)
+LOG_PROBS_FORMAT_VERSION = 5
+FORMAT_VERSION = LOG_PROBS_FORMAT_VERSION
+"""The newest version this fkd writes: ``full`` label stores are written as version 5, the other
+label stores as 3, embedding stores as 4."""
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 """Version 2 added per-image fingerprints, the teacher's precision and the class map (docs/FORMAT.md);
 version-1 stores still read, with those fields marked unknown. Version 3 added the shard entries'
 ``records_offset``, ``records_bytes`` and ``meta_sha256`` (readers of version 2 refuse unknown
 fields); older stores are checked by their whole-file sha256 instead. Version 4 added the embedding
 payload (``embedding``); label stores stay version 3, unchanged, so older fkd keeps reading
-them and refuses embedding stores by their version instead of misreading them."""
+them and refuses embedding stores by their version instead of misreading them. Version 5 stores
+``full`` labels as float16 log-probabilities instead of probabilities (``fkd.quantize``): only
+full stores are written as 5, so an older fkd refuses them by their version instead of reading
+log-probabilities as probabilities; older full stores still read, as probabilities."""
 PAYLOADS = ("labels", "embedding")
 PAYLOAD_NAMES = {"labels": "soft labels", "embedding": "embeddings"}
 FINGERPRINTS = ("crc32", "none")
@@ -115,7 +120,7 @@ class StoreMeta:
         if self.embedding is None:
             self.scheme = Scheme.parse(self.scheme).value
             if self.format_version is None:
-                self.format_version = LABELS_FORMAT_VERSION
+                self.format_version = LOG_PROBS_FORMAT_VERSION if self.scheme == Scheme.FULL.value else LABELS_FORMAT_VERSION
             return
         if not isinstance(self.embedding, EmbeddingSpec):
             try:
@@ -132,6 +137,25 @@ class StoreMeta:
             raise StoreFormatError(
                 None, f"an embedding store has no label scheme (scheme null, top_k 0), got {self.scheme!r}, {self.top_k!r}"
             )
+
+    @property
+    def full_log_probs(self) -> bool:
+        """The store keeps ``full`` labels as log-probabilities (format version 5 and later)."""
+        return self.scheme == Scheme.FULL.value and (self.format_version or 0) >= LOG_PROBS_FORMAT_VERSION
+
+    def label_codec(self) -> LabelCodec:
+        """How this label store's values decode (and re-temper): ``fkd.quantize.LabelCodec``."""
+        self.check_payload("labels")
+        return LabelCodec(self.scheme, self.num_classes, self.temperature, self.full_log_probs)
+
+    @property
+    def embedding_dims(self) -> tuple[int, ...]:
+        """Each ensemble member's part of an embedding store's D, in ``teachers`` order (their
+        ``embedding_dim``); (D,) for a store whose teachers do not record it."""
+        self.check_payload("embedding")
+        assert self.embedding is not None
+        dims = tuple(int(t["embedding_dim"]) for t in self.teachers if t.get("embedding_dim") is not None)
+        return dims or (self.embedding.dim,)
 
     @property
     def payload(self) -> str:
@@ -201,6 +225,12 @@ class StoreMeta:
             value = getattr(self, name)
             if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
                 raise StoreFormatError(None, f"metadata field {name} must be a list of objects")
+        dims = [t.get("embedding_dim") for t in self.teachers]
+        if self.embedding is not None and any(d is not None for d in dims) and not (
+            all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims) and sum(dims) == self.embedding.dim
+        ):
+            raise StoreFormatError(None, f"metadata field teachers: the members' embedding_dim must be positive integers "
+                                         f"summing to D={self.embedding.dim}, got {dims!r}")
 
     @property
     def num_shards(self) -> int:
@@ -223,9 +253,14 @@ class StoreMeta:
         return d
 
     def differences(self, other: "StoreMeta") -> list[str]:
-        """Names of settings that differ, e.g. ['scheme', 'top_k']."""
+        """Names of settings that differ, e.g. ['scheme', 'top_k']; ``format_version`` too when two
+        full stores keep their values differently (log-probabilities or probabilities), so their
+        records never mix."""
         a, b = self.settings(), other.settings()
-        return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        names = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        if self.scheme == other.scheme == Scheme.FULL.value and self.full_log_probs != other.full_log_probs:
+            names.append("format_version")
+        return names
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``store.json``; a label store's has no ``embedding`` key, as in version 3."""
@@ -267,4 +302,4 @@ class StoreMeta:
         if self.embedding is not None:
             return EmbeddingLayout(self.num_crops, self.embedding.dim, self.embedding.dtype)
         shape = payload_shape(self.scheme, self.top_k, self.num_classes)
-        return RecordLayout(self.num_crops, shape.num_indices, shape.num_values, self.index_dtype)
+        return RecordLayout(self.num_crops, shape.num_indices, shape.num_values, self.index_dtype, self.full_log_probs)

@@ -74,8 +74,12 @@ class PayloadLayout:
             array = np.asarray(array)
             if field.dtype.kind in "iu" and array.dtype.kind == "f":  # a cast would silently truncate: encode first
                 raise ValueError(f"payload field {name!r} is stored as {field.dtype}, got {array.dtype} values; encode them first")
+            self.check_field(name, array)
             parts.append(np.ascontiguousarray(array, dtype=field.dtype).reshape(m, *field.shape).tobytes())
         return b"".join(parts)
+
+    def check_field(self, name: str, array: np.ndarray) -> None:
+        """Refuse values a field cannot hold in this layout (nothing by default)."""
 
     @cached_property
     def _slices(self) -> "tuple[tuple[slice, np.dtype, tuple[int, ...]] | None, ...]":
@@ -103,13 +107,26 @@ class PayloadLayout:
 
 @dataclass(frozen=True)
 class RecordLayout(PayloadLayout):
-    """Soft labels: ``indices`` (M, Ki) uint16 or uint32 | ``values`` (M, Kv) float16."""
+    """Soft labels: ``indices`` (M, Ki) uint16 or uint32 | ``values`` (M, Kv) float16, probabilities
+    (>= 0) or, with ``log_values`` (full stores of format version 5), log-probabilities (<= 0): a
+    record of the other sign is refused, so values of one store never land in the other kind."""
 
     num_crops: int
     num_indices: int
     num_values: int
     index_dtype: np.dtype
+    log_values: bool = False
     payload_names: ClassVar[tuple[str, ...]] = ("indices", "values")
+
+    def check_field(self, name: str, array: np.ndarray) -> None:
+        if name != "values" or not array.size:
+            return
+        if self.log_values and np.any(array > 0):
+            raise ValueError(f"this store keeps log-probabilities (<= 0), got values up to {float(array.max()):.3g}: encode "
+                             "probabilities with fkd.quantize.encode")
+        if not self.log_values and np.any(array < 0):
+            raise ValueError(f"this store keeps probabilities (>= 0), got values down to {float(array.min()):.3g}: "
+                             "decode log-probabilities (a full store of format version 5) first")
 
     @cached_property
     def payload_fields(self) -> "tuple[PayloadField | None, ...]":

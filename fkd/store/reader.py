@@ -33,6 +33,7 @@ import torch
 import zstandard
 
 from ..embedding_codec import decode as decode_embedding
+from ..quantize import LabelCodec
 from .errors import StoreCorruptError, StoreError, StoreIncompleteError
 from .format import StoreMeta
 from .layout import PayloadLayout
@@ -59,6 +60,13 @@ class ImageLabels:
     fingerprint: "int | None" = None  # CRC-32 of the image file's bytes; None in stores without them
     embedding: "np.ndarray | None" = None
     scales: "np.ndarray | None" = None
+
+    def decoded_labels(self, codec: LabelCodec) -> torch.Tensor:
+        """(M, C) float32 soft labels of a label record, decoded as the store's ``codec`` says
+        (``StoreMeta.label_codec()``: full values are log-probabilities from format version 5 on)."""
+        indices = None if self.indices is None else torch.from_numpy(self.indices.astype(np.int64))
+        values = None if self.values is None else torch.from_numpy(np.array(self.values))  # copies: records are read-only
+        return codec.decode(indices, values)
 
     def decoded_embedding(self) -> torch.Tensor:
         """(M, D) float32 features of an embedding record (``embedding_codec.decode``)."""

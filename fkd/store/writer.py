@@ -25,9 +25,10 @@ import numpy as np
 import zstandard
 
 from .. import __version__
+from ..schemes import Scheme
 from .errors import StoreError, StoreMismatchError
 from .files import default_file_mode, fsync_dir
-from .format import CODEC, MANIFEST_NAME, SHARD_PATTERN, StoreMeta
+from .format import CODEC, LABELS_FORMAT_VERSION, MANIFEST_NAME, SHARD_PATTERN, StoreMeta
 from .layout import PayloadLayout
 from .manifest import Manifest, ShardInfo
 
@@ -92,7 +93,7 @@ def open_for_writing(directory: "str | Path", meta: StoreMeta, overwrite: bool =
         if not diff:
             return existing
         if not overwrite:
-            details = "; ".join(f"{k}: store has {existing.meta.settings().get(k)!r}, asked {meta.settings().get(k)!r}" for k in diff)
+            details = "; ".join(f"{k}: store has {_setting(existing.meta, k)}, asked {_setting(meta, k)}" for k in diff)
             raise StoreMismatchError(
                 directory, f"exists with different settings ({details}); pass --overwrite to replace it or choose another --out"
             )
@@ -101,6 +102,14 @@ def open_for_writing(directory: "str | Path", meta: StoreMeta, overwrite: bool =
     manifest = Manifest(meta)
     manifest.save(directory)
     return manifest
+
+
+def _setting(meta: StoreMeta, name: str) -> str:
+    """A setting's value as ``differences`` compares it, for a message (``format_version``, not in
+    ``settings``, differs only between full stores of probabilities and of log-probabilities)."""
+    if name == "format_version":
+        return f"{meta.format_version} ({'log-probabilities' if meta.full_log_probs else 'probabilities'})"
+    return repr(meta.settings().get(name))
 
 
 LOCK_NAME = ".lock"
@@ -244,10 +253,16 @@ def file_sha256(path: Path, skip: "tuple[int, int] | None" = None) -> str:
 
 
 def copy_meta(meta: StoreMeta, **changes) -> StoreMeta:
-    """A copy of ``meta`` with some settings changed and fresh bookkeeping (for derived stores)."""
+    """A copy of ``meta`` with some settings changed and fresh bookkeeping (for derived stores).
+
+    Its format version is the one this fkd writes for the payload, except for a full store derived
+    from anything but a full store of log-probabilities: that one keeps probabilities (version 3), as
+    its source's values are, because log-probabilities come from the teacher alone (fkd-labelgen),
+    never from probabilities that float16 has already rounded."""
     settings = {k: v for k, v in dataclasses.asdict(meta).items() if k not in ("store_id", "created", "tool_version", "format_version")}
     settings.update(changes)
-    return new_meta(**settings)
+    probabilities = settings["scheme"] is not None and Scheme.parse(settings["scheme"]) is Scheme.FULL and not meta.full_log_probs
+    return new_meta(**settings, **({"format_version": LABELS_FORMAT_VERSION} if probabilities else {}))
 
 
 __all__ = ["ShardData", "compress_records", "copy_meta", "file_sha256", "new_meta", "open_for_writing", "remove_store", "shard_file_problem", "store_lock", "write_shard"]
