@@ -4,7 +4,7 @@
 directory, the teacher's names, files and modules, and for ``--target embedding`` the data's class
 count and the feature source of every teacher (on its architecture, on the meta device). Once the
 workers have loaded the teacher, its class space is known: ``class_space`` then refuses a K the
-teacher cannot fill and data whose classes are not the teacher's (fkd.classes), before any shard is
+teacher cannot fill and data whose classes are not the teacher's (fkd.data.classes), before any shard is
 planned. An embedding store does not use the teacher's classifier (the teacher may have none, or
 one of other classes): it keeps the data's own classes as ground truth.
 """
@@ -15,10 +15,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from fkd.classes import ClassSpaceError, apply_class_map, check_class_space, read_class_map, store_class_names
-from fkd.features import FeatureSourceError, check_factory_architecture, check_timm_architecture
-from fkd.images import ImageList, list_images
-from fkd.teachers import TeacherError, check_teacher_spec
+from fkd.data.classes import ClassSpaceError, apply_class_map, check_class_space, read_class_map, store_class_names
+from fkd.teacher.features import FeatureSourceError, check_factory_architecture, check_timm_architecture
+from fkd.data.images import ImageList, list_images
+from fkd.teacher.teachers import TeacherError, check_teacher_spec
 
 from .errors import InputError
 from .messages import EmbeddingSettings, LabelSettings, TeacherInfo
@@ -80,7 +80,7 @@ def check_writable(out: Path) -> None:
 def teacher_space(images: ImageList, teacher: TeacherInfo, class_map: "Path | None") -> tuple[ImageList, "dict[str, int] | None"]:
     """The listing with labels in the teacher's class space, and the map that put them there.
 
-    Without ``class_map`` the data's classes must be the teacher's (fkd.classes.check_class_space);
+    Without ``class_map`` the data's classes must be the teacher's (fkd.data.classes.check_class_space);
     with it, every data class is mapped explicitly. Raises InputError saying what disagrees.
     """
     try:

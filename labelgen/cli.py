@@ -3,7 +3,7 @@
     fkd-labelgen --teacher regnety_160 --crops 200 --data DATA --out STORE
     fkd-labelgen --target embedding --embedding-from pre-logits --teacher ... --out STORE   # features
 
-With ``--target embedding`` each crop keeps the teacher's feature vector (``fkd.features``) instead
+With ``--target embedding`` each crop keeps the teacher's feature vector (``fkd.teacher.features``) instead
 of a soft label; the options that only shape soft labels are refused rather than ignored.
 
 Options can come from a YAML file (``-c config.yaml``, keys are option names); flags override it.
@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fkd.config import add_config_arg, parse_args_with_config
-from fkd.embedding_spec import EMBEDDING_DTYPES, NORMALIZATIONS
-from fkd.schemes import SCHEMES
-from fkd.teacher_options import add_teacher_args
+from fkd.payload.embedding_spec import EMBEDDING_DTYPES, NORMALIZATIONS
+from fkd.payload.schemes import SCHEMES
+from fkd.teacher.options import add_teacher_args
 
 if TYPE_CHECKING:
     from .driver import RunConfig
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> "RunConfig":
     """Check the options that argparse cannot, and turn them into a RunConfig."""
-    from fkd.crops import CropParams
+    from fkd.data.crops import CropParams
 
     from .driver import RunConfig
     from .messages import LabelSettings
@@ -178,7 +178,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 def embedding_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> "EmbeddingSettings | None":
     """None for --target labels; else what to store. Options of the other target are refused when
     set to anything but their default (a resumed run's saved file holds the defaults: accepted)."""
-    from fkd.embedding_spec import EmbeddingSpec
+    from fkd.payload.embedding_spec import EmbeddingSpec
 
     from .messages import EmbeddingSettings
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fkd.crops import CropParams
-from fkd.images import ImageLocation
+from fkd.data.crops import CropParams
+from fkd.data.images import ImageLocation
 from fkd.store import RecordLayout, ShardData
 
 from .errors import BadImage
@@ -14,7 +14,7 @@ from .errors import BadImage
 
 @dataclass(frozen=True)
 class EmbeddingSettings:
-    """``--target embedding``: which teacher features to store (``fkd.features`` source), how."""
+    """``--target embedding``: which teacher features to store (``fkd.teacher.features`` source), how."""
 
     source: str
     dtype: str = "float16"

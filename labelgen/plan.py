@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fkd.classes import store_class_names
-from fkd.embedding_spec import EmbeddingSpec
-from fkd.images import ImageList
+from fkd.data.classes import store_class_names
+from fkd.payload.embedding_spec import EmbeddingSpec
+from fkd.data.images import ImageList
 from fkd.store import MANIFEST_NAME, Manifest, RecordLayout, StoreError, StoreMeta, new_meta
 
 from .errors import BadImage

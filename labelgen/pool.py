@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 import ray
 from ray.exceptions import RayActorError, RayError
 
+from fkd.teacher.errors import TeacherError
+
 from .errors import BadImage, InputError, LabelgenError, ShardFailedError
 from .messages import ImageRef, ShardOutcome, ShardTask, TeacherInfo
 from .worker import LabelWorker, WorkerConfig
@@ -44,8 +46,10 @@ def describe_error(err: BaseException) -> str:
 
 
 def one_line(exc: BaseException) -> str:
-    """``Type: message`` as Python's traceback ends, on one line (a multi-line message is joined)."""
-    return " ".join(line.strip() for line in "".join(traceback.format_exception_only(exc)).splitlines() if line.strip())
+    """A worker's failure on one line: a ``TeacherError``'s message (written for the user) as it is,
+    anything else as ``Type: message``, as Python's traceback ends (a multi-line message is joined)."""
+    text = str(exc) if isinstance(exc, TeacherError) else "".join(traceback.format_exception_only(exc))
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _stderr(message: str) -> None:

@@ -16,9 +16,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from fkd import embedding_codec, quantize
-from fkd.features import TeacherFeatures
-from fkd.teachers import Teacher
+from fkd.payload import embedding_codec, quantize
+from fkd.teacher.features import TeacherFeatures
+from fkd.teacher.teachers import Teacher
 
 from .messages import LabelSettings
 

@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 import torch
 
-from fkd.crops import boxes_to_fixed, replay_fixed, sample_crops
-from fkd.images import BadImageError, LoadedImage, read_image
+from fkd.data.crops import boxes_to_fixed, replay_fixed, sample_crops
+from fkd.data.images import BadImageError, LoadedImage, read_image
 from fkd.store import ShardData, compress_records
-from fkd.teachers import teacher_from_args
+from fkd.teacher.teachers import teacher_from_args
 
 from .errors import BadImage
 from .messages import ImageRef, LabelSettings, ShardOutcome, ShardTask, TeacherInfo
@@ -53,7 +53,7 @@ R = TypeVar("R")
 class WorkerConfig:
     """Everything a worker needs; identical for every worker of a run."""
 
-    teacher_args: argparse.Namespace  # the options of fkd.teacher_options.add_teacher_args (+ input_size)
+    teacher_args: argparse.Namespace  # the options of fkd.teacher.options.add_teacher_args (+ input_size)
     labels: LabelSettings
     batch_size: int
     threads: int = 1  # torch intra-op threads of the teacher (part of what makes labels bitwise repeatable)

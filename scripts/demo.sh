@@ -39,7 +39,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.accuracy.bench_accuracy import teacher_top1
-from fkd.images import list_images
+from fkd.data.images import list_images
 
 test = Path(sys.argv[1])
 classes = len(list_images(test).class_names)

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fkd import crops, quantize
-from fkd.images import list_images, load_image
+from fkd.data import crops
+
+from fkd.payload import quantize
+from fkd.data.images import list_images, load_image
 from fkd.store import LabelStore, Manifest, ShardData, compress_records, new_meta, open_for_writing, write_shard
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,8 +157,8 @@ def write_random_embedding_store(
     """Write a complete embedding store of random features (what fkd-labelgen's workers will write:
     ``embedding_codec.encode`` per batch, ``compress_records`` per image, ``write_shard`` per shard);
     return it and the arrays written (``features`` (N, M, D) float32, ``boxes``, ``flips``)."""
-    from fkd import embedding_codec
-    from fkd.embedding_spec import EmbeddingSpec
+    from fkd.payload import embedding_codec
+    from fkd.payload.embedding_spec import EmbeddingSpec
 
     rng = np.random.default_rng(seed)
     image_ids = image_ids or [f"c{i % 3}/img{i:03d}.jpg" for i in range(num_images)]

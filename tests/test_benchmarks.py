@@ -11,9 +11,9 @@ import pytest
 from benchmarks import common, report
 from benchmarks.accuracy.bench_accuracy import ABLATION_CROPS, Run, claims, schedule
 from benchmarks.fkd_official import official_coords, official_labels, read_official, write_official
-from fkd import quantize
-from fkd.crops import boxes_to_fixed
-from fkd.schemes import SCHEMES
+from fkd.payload import quantize
+from fkd.data.crops import boxes_to_fixed
+from fkd.payload.schemes import SCHEMES
 
 from conftest import make_image_folder
 

@@ -14,8 +14,8 @@ from benchmarks import common
 from benchmarks.fkd_official import official_labels, read_official
 from benchmarks.storage import bench_storage
 from benchmarks.storage.compression import measure, record_layout, synthetic_probs
-from fkd import quantize
-from fkd.schemes import SCHEMES
+from fkd.payload import quantize
+from fkd.payload.schemes import SCHEMES
 from fkd.store import new_meta
 
 

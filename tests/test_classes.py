@@ -1,4 +1,4 @@
-"""The class space contract (fkd.classes): data classes must be the teacher's, or mapped onto them."""
+"""The class space contract (fkd.data.classes): data classes must be the teacher's, or mapped onto them."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from conftest import make_image_folder
-from fkd.classes import ClassSpaceError, apply_class_map, check_class_space, read_class_map, store_class_names
-from fkd.images import ImageEntry, ImageList, list_images
+from fkd.data.classes import ClassSpaceError, apply_class_map, check_class_space, read_class_map, store_class_names
+from fkd.data.images import ImageEntry, ImageList, list_images
 
 CIFAR = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -93,7 +93,7 @@ def test_teachers_name_their_classes_from_their_config_or_timms_imagenet_synsets
     label_names (the Keras CIFAR-10 teacher), timm's ImageNet synsets for its pretrained weights."""
     import timm
 
-    from fkd.teachers import _class_names
+    from fkd.teacher.teachers import _class_names
 
     model = timm.create_model("test_resnet", pretrained=False)  # pretrained_cfg: 1000 ImageNet classes
     synsets = _class_names(model, "test_resnet.r160_in1k", 1000)

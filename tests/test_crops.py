@@ -8,7 +8,7 @@ import torch
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms.v2 import functional as F
 
-from fkd.crops import CropParams, boxes_to_fixed, fixed_to_boxes, replay, replay_fixed, sample_crops
+from fkd.data.crops import CropParams, boxes_to_fixed, fixed_to_boxes, replay, replay_fixed, sample_crops
 
 
 def test_crops_depend_only_on_seed_and_image_id() -> None:

@@ -12,14 +12,15 @@ import torch
 from conftest import make_image_folder, write_random_store
 from torch.utils.data import DataLoader
 
-from fkd.crops import boxes_to_fixed, fixed_to_boxes, replay_fixed, sample_crops
-from fkd.images import list_images, read_image
+from fkd.data.crops import boxes_to_fixed, fixed_to_boxes, replay_fixed, sample_crops
+from fkd.data.images import list_images, read_image
 from fkd.store import LabelStore
-from train.augment import build_crop_augment
+from fkd.data.augment import build_crop_augment
 from train.cli import main
-from train.data import CropBatch, EpochSampler, MultiCropDataset, StoreCropPlanner, collate_crops
-from train.device_replay import DecodeOnlyDataset, UncutBatch, collate_uncut, cut_crops, training_dataset
-from train.errors import SetupError
+from fkd.data.multicrop import CropBatch, EpochSampler, MultiCropDataset, collate_crops
+from fkd.data.plan import StoreCropPlanner
+from fkd.data.device_replay import DecodeOnlyDataset, UncutBatch, collate_uncut, cut_crops, training_dataset
+from fkd.data.errors import ReplayError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -114,9 +115,9 @@ def test_uncut_batches_carry_each_image_once_in_one_buffer(store_and_images: tup
 def test_per_crop_augmentation_is_refused_on_the_device(store_and_images: tuple[Path, Path]) -> None:
     store, images_dir = store_and_images
     planner = StoreCropPlanner(LabelStore(store), 2, seed=0)
-    with pytest.raises(SetupError, match=r"^--color-jitter and --randaugment .* use --replay-device cpu$"):
+    with pytest.raises(ReplayError, match=r"^--color-jitter and --randaugment .* use --replay-device cpu$"):
         training_dataset("cuda", torch.device("cuda"), images_dir, planner, 32, "bilinear", build_crop_augment(0.4), 0)
-    with pytest.raises(SetupError, match=r"^--replay-device cuda needs a CUDA training device \(this run uses cpu\); use --replay-device cpu$"):
+    with pytest.raises(ReplayError, match=r"^--replay-device cuda needs a CUDA training device \(this run uses cpu\); use --replay-device cpu$"):
         training_dataset("cuda", torch.device("cpu"), images_dir, planner, 32, "bilinear", None, 0)
 
 

@@ -14,15 +14,15 @@ import torch
 from conftest import make_image_folder, write_random_embedding_store, write_random_store
 from PIL import Image
 
-from fkd.crops import fixed_to_boxes
-from fkd.embedding_codec import decode, encode, normalize
-from fkd.embedding_spec import EmbeddingSpec
-from fkd.images import list_images, load_image
+from fkd.data.crops import fixed_to_boxes
+from fkd.payload.embedding_codec import decode, encode, normalize
+from fkd.payload.embedding_spec import EmbeddingSpec
+from fkd.data.images import list_images, load_image
 from fkd.labels.builder import prepare_output, write_store
 from fkd.labels.cli import main
 from fkd.labels.show import draw_embedding
 from fkd.labels.verify import verify_store
-from fkd.quantize import Payload
+from fkd.payload.quantize import Payload
 from fkd.store import EmbeddingLayout, LabelStore, RecordLayout, StoreFormatError, StorePayloadError, copy_meta
 from train.cli import main as train_main
 

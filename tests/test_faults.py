@@ -26,7 +26,8 @@ from conftest import REPO, make_image_folder
 from fkd.labels.cli import main as labels_main
 from fkd.store import LabelStore, Manifest, StoreCorruptError, StoreIncompleteError
 from labelgen.cli import main as labelgen_main
-from train.data import MultiCropDataset, StoreCropPlanner
+from fkd.data.multicrop import MultiCropDataset
+from fkd.data.plan import StoreCropPlanner
 
 SHARDS = 6  # 12 images, 2 per shard
 

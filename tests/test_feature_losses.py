@@ -1,4 +1,4 @@
-"""Feature-distillation losses (fkd.feature_losses) against values computed by hand."""
+"""Feature-distillation losses (fkd.losses.features) against values computed by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fkd.feature_losses import FEATURE_LOSSES, feature_loss, feature_map_loss, whiten
+from fkd.losses.features import FEATURE_LOSSES, feature_loss, feature_map_loss, whiten
 from train.mode_names import EMBED_LOSSES, PROJECTORS
 from train.projector import PROJECTOR_KINDS
 

@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 
 from fkd.labels.verify import verify_store
 from fkd.store import LabelStore, StoreCorruptError, StoreError, StoreFormatError
-from fkd.store.writer import file_sha256
+from fkd.store.integrity import file_sha256
 
 SHARD = "shard-00000.h5"
 ROWS = 3  # images in shard 0

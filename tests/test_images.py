@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from conftest import make_image_folder
-from fkd.images import BadImageError, ImageEntry, ImageList, list_images, load_image
+from fkd.data.images import BadImageError, ImageEntry, ImageList, list_images, load_image
 
 # ---------------------------------------------------------------------------------------------
 # ImageFolder

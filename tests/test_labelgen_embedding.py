@@ -1,4 +1,4 @@
-"""fkd-labelgen --target embedding: feature extraction (fkd.features) and embedding stores end to end.
+"""fkd-labelgen --target embedding: feature extraction (fkd.teacher.features) and embedding stores end to end.
 
 Feature sources are checked against the layers computed by hand; the end-to-end runs (one Ray
 instance for the module, started only by the tests that need it) check that the stored vectors are
@@ -21,14 +21,14 @@ import torch
 import zstandard
 
 from conftest import CIFAR_DATA, CIFAR_TEACHER, extract_cifar_test_images, make_image_folder
-from fkd import embedding_codec
-from fkd.crops import CropParams, replay_fixed
-from fkd.embedding_spec import EmbeddingSpec
-from fkd.features import FeatureSourceError, TeacherFeatures, create_feature_extractor
-from fkd.images import list_images, load_image
+from fkd.payload import embedding_codec
+from fkd.data.crops import CropParams, replay_fixed
+from fkd.payload.embedding_spec import EmbeddingSpec
+from fkd.teacher.features import FeatureSourceError, TeacherFeatures, create_feature_extractor
+from fkd.data.images import list_images, load_image
 from fkd.labels.cli import main as labels_main
 from fkd.store import EmbeddingLayout, LabelStore, Manifest
-from fkd.teachers import create_teacher, teacher_from_args
+from fkd.teacher.teachers import create_teacher, teacher_from_args
 from labelgen.checks import class_space
 from labelgen.cli import main
 from labelgen.errors import InputError

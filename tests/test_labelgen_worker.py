@@ -13,11 +13,11 @@ import zstandard
 from PIL import Image
 
 from conftest import CIFAR_DATA, CIFAR_TEACHER, extract_cifar_test_images, make_image_folder
-from fkd import quantize
-from fkd.crops import CropParams, boxes_to_fixed, replay_fixed, sample_crops
-from fkd.images import list_images, load_image
+from fkd.payload import quantize
+from fkd.data.crops import CropParams, boxes_to_fixed, replay_fixed, sample_crops
+from fkd.data.images import list_images, load_image
 from fkd.store import RecordLayout
-from fkd.teachers import teacher_from_args
+from fkd.teacher.teachers import teacher_from_args
 from labelgen.cli import build_parser
 from labelgen.errors import BadImage
 from labelgen.messages import LabelSettings, ShardTask

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import write_random_store
 
-from fkd import quantize
-from fkd.crops import boxes_to_fixed, sample_crops
+from fkd.payload import quantize
+from fkd.data.crops import boxes_to_fixed, sample_crops
 from fkd.labels.builder import prepare_output, write_store
 from fkd.labels.cli import main
 from fkd.store import ImageLabels, LabelStore, new_meta

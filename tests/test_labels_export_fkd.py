@@ -17,8 +17,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from fkd.crops import fixed_to_boxes, replay, sample_crops
-from fkd.images import list_images
+from fkd.data.crops import fixed_to_boxes, replay, sample_crops
+from fkd.data.images import list_images
 from fkd.labels.cli import main
 from fkd.labels.fkd_files import pixel_boxes
 from fkd.store import LabelStore

@@ -14,7 +14,7 @@ import pytest
 from conftest import make_image_folder, write_random_store
 from PIL import Image
 
-from fkd.images import fingerprint, list_images
+from fkd.data.images import fingerprint, list_images
 from fkd.labels.cli import main
 from fkd.store import LabelStore, Manifest
 

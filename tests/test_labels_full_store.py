@@ -12,9 +12,9 @@ import zstandard
 from conftest import make_image_folder, write_random_store
 from PIL import Image
 
-from fkd import quantize
-from fkd.crops import boxes_to_fixed, sample_crops
-from fkd.images import list_images, load_image
+from fkd.payload import quantize
+from fkd.data.crops import boxes_to_fixed, sample_crops
+from fkd.data.images import list_images, load_image
 from fkd.labels.builder import prepare_output, write_store
 from fkd.labels.cli import main
 from fkd.labels.show import draw

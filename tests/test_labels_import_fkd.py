@@ -13,9 +13,9 @@ import torch
 from conftest import make_image_folder
 from PIL import Image
 
-from fkd import quantize
-from fkd.crops import fixed_to_boxes, sample_crops
-from fkd.images import list_images
+from fkd.payload import quantize
+from fkd.data.crops import fixed_to_boxes, sample_crops
+from fkd.data.images import list_images
 from fkd.labels.cli import main
 from fkd.labels import import_fkd
 from fkd.labels.fkd_files import pixel_boxes

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import write_random_embedding_store, write_random_store
 
-from fkd.images import ImageEntry, ImageList
+from fkd.data.images import ImageEntry, ImageList
 from fkd.labels.cli import main
 from fkd.labels.subset import StoreSubset, SubsetSpec, parse_subset
 from fkd.store import LabelStore

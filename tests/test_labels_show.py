@@ -10,8 +10,8 @@ from conftest import make_image_folder, write_random_store
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from fkd.crops import fixed_to_boxes, replay_fixed
-from fkd.images import list_images, load_image
+from fkd.data.crops import fixed_to_boxes, replay_fixed
+from fkd.data.images import list_images, load_image
 from fkd.labels.cli import main
 from fkd.labels.show import draw, find_image
 from fkd.store import LabelStore

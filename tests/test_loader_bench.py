@@ -14,7 +14,7 @@ from PIL import Image
 from benchmarks import report
 from benchmarks.fkd_official import official_coords, read_official
 from benchmarks.speed import loader, loader_data
-from fkd.images import list_images
+from fkd.data.images import list_images
 from fkd.store import LabelStore
 
 

@@ -1,4 +1,4 @@
-"""fkd.losses: every formula against values computed by hand with explicit math."""
+"""fkd.losses.labels: every formula against values computed by hand with explicit math."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fkd.losses import (
+from fkd.losses.labels import (
     DistillationLoss,
     classification_loss,
     deit_token_loss,

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from fkd.quantize import LOG_PROB_FLOOR, LabelCodec, Scheme, decode, encode, payload_shape, stored_top_k
-from fkd.schemes import SCHEMES
+from fkd.payload.quantize import LOG_PROB_FLOOR, LabelCodec, Scheme, decode, encode, payload_shape, stored_top_k
+from fkd.payload.schemes import SCHEMES
 
 P = np.array([[0.5, 0.2, 0.15, 0.1, 0.05]], dtype=np.float32)
 

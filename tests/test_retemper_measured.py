@@ -1,5 +1,5 @@
 """The re-tempering errors fkd-train quotes when it refuses ``--mode deit --kd soft`` at a tau other
-than the store's temperature (``fkd.quantize.RETEMPER_ERRORS``), measured again here.
+than the store's temperature (``fkd.payload.quantize.RETEMPER_ERRORS``), measured again here.
 
 Total variation between the teacher's real distribution at tau 3 (DeiT's), ``softmax(z / 3)`` from
 its float64 logits, and what each stored scheme rebuilds: the decoded labels re-tempered as
@@ -19,9 +19,10 @@ import torch
 from conftest import CIFAR_DATA, CIFAR_TEACHER, extract_cifar_test_images
 
 from benchmarks.storage.compression import synthetic_probs
-from fkd import crops, quantize
-from fkd.images import load_image
-from fkd.losses import teacher_distribution
+from fkd.data import crops
+from fkd.payload import quantize
+from fkd.data.images import load_image
+from fkd.losses.labels import teacher_distribution
 from fkd.zoo.keras_cifar10 import create_model
 
 TAU = 3.0

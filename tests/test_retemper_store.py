@@ -12,8 +12,10 @@ import pytest
 import torch
 from conftest import write_random_store
 
-from fkd import crops, quantize
-from fkd.embedding_spec import EmbeddingSpec
+from fkd.data import crops
+
+from fkd.payload import quantize
+from fkd.payload.embedding_spec import EmbeddingSpec
 from fkd.store import (
     LabelStore,
     ShardData,

@@ -13,9 +13,9 @@ import torch
 from conftest import write_random_store
 from torch.utils.data import DataLoader, Dataset
 
-from fkd import quantize
-from fkd.crops import fixed_to_boxes
-from fkd.schemes import SCHEMES
+from fkd.payload import quantize
+from fkd.data.crops import fixed_to_boxes
+from fkd.payload.schemes import SCHEMES
 from fkd.store import (
     LabelStore,
     Manifest,

@@ -1,4 +1,4 @@
-"""Tar-sharded data (fkd.tars): listing, the cached member index, and the same store as from a folder."""
+"""Tar-sharded data (fkd.data.tars): listing, the cached member index, and the same store as from a folder."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import CIFAR_DATA, extract_cifar_test_images, make_image_folder
-from fkd import tars
-from fkd.images import BadImageError, list_images, read_image
+from fkd.data import tars
+from fkd.data.images import BadImageError, list_images, read_image
 from fkd.store import LabelStore
 from labelgen.messages import ImageRef
 from labelgen.worker import _load

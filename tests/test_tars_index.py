@@ -1,4 +1,4 @@
-"""The cached member index of a tar shard (fkd.tars) is never used for other contents than it was
+"""The cached member index of a tar shard (fkd.data.tars) is never used for other contents than it was
 built from: shards rewritten with their size and mtime kept (cp -p, rsync -a) are indexed again."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import make_image_folder
-from fkd import tars
-from fkd.images import list_images
+from fkd.data import tars
+from fkd.data.images import list_images
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Tar members that are links (fkd.tars): a folder with hard links and symlinks packed with tar lists
+"""Tar members that are links (fkd.data.tars): a folder with hard links and symlinks packed with tar lists
 and reads like the folder; links that cannot be followed inside the shard are bad images."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import make_image_folder
-from fkd import tars
-from fkd.images import BadImageError, list_images, read_image
+from fkd.data import tars
+from fkd.data.images import BadImageError, list_images, read_image
 from labelgen.errors import BadImage
 from labelgen.messages import ImageRef
 from labelgen.worker import _load

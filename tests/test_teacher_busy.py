@@ -12,7 +12,7 @@ import pytest
 from test_labelgen_worker import layout_for, make_worker, tiny  # noqa: F401  (tiny is a fixture)
 
 import labelgen.worker
-from fkd.images import list_images
+from fkd.data.images import list_images
 from labelgen.driver import Summary
 from labelgen.messages import ShardTask
 from labelgen.plan import image_refs

@@ -12,7 +12,7 @@ from conftest import REPO
 
 SCRIPT = """
 import time
-from fkd.teachers import TeacherError, create_teacher
+from fkd.teacher.teachers import TeacherError, create_teacher
 started = time.perf_counter()
 try:
     create_teacher(["resnet18"], pretrained=True)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import CIFAR_TEACHER
-from fkd.precision import PRECISIONS, autocast_dtype, teacher_precision
-from fkd.teacher_options import add_teacher_args
-from fkd.teachers import TeacherError, create_teacher, teacher_from_args
+from fkd.teacher.precision import PRECISIONS, autocast_dtype, teacher_precision
+from fkd.teacher.options import add_teacher_args
+from fkd.teacher.teachers import TeacherError, create_teacher, teacher_from_args
 
 KERAS = "fkd.zoo.keras_cifar10:create_model"
 

@@ -14,9 +14,9 @@ import torch
 from timm.data import resolve_model_data_config
 
 from conftest import CIFAR_DATA, CIFAR_TEACHER, extract_cifar_test_images
-from fkd.images import list_images, load_image
-from fkd.teacher_options import add_teacher_args
-from fkd.teachers import TeacherError, create_teacher, teacher_from_args
+from fkd.data.images import list_images, load_image
+from fkd.teacher.options import add_teacher_args
+from fkd.teacher.teachers import TeacherError, create_teacher, teacher_from_args
 from fkd.zoo import keras_cifar10
 
 KERAS = "fkd.zoo.keras_cifar10:create_model"

@@ -16,16 +16,17 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
 from conftest import NUM_CROPS, SCHEME, TinyData, make_tiny_data, read_summary, train_args
-from fkd import crops, quantize
-from fkd.images import list_images, load_image
+from fkd.data import crops
+from fkd.payload import quantize
+from fkd.data.images import list_images, load_image
 from fkd.store import LabelStore
-from train.augment import build_crop_augment, seeded_rngs
+from fkd.data.augment import build_crop_augment, seeded_rngs
 from train.checkpoint import CheckpointSaver, read_checkpoint, resolve_resume, rng_state, set_rng_state
 from train.cli import main
-from train.data import (
-    EpochSampler, EvalDataset, MultiCropDataset, RandomCropPlanner, StoreCropPlanner, collate_crops, stored_crop_choice,
-)
-from train.errors import DataMismatchError, SetupError
+from fkd.data.evaluation import EvalDataset
+from fkd.data.multicrop import EpochSampler, MultiCropDataset, collate_crops
+from fkd.data.plan import RandomCropPlanner, StoreCropPlanner, stored_crop_choice
+from fkd.data.errors import DataMismatchError, ReplayError
 from train.runlog import RunLog
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -74,7 +75,7 @@ def test_crop_choice_is_without_replacement_fresh_per_epoch_and_reproducible(tin
 
 
 def test_crops_per_image_must_fit_the_store(tiny: TinyData) -> None:
-    with pytest.raises(SetupError, match=r"--crops-per-image must be in 1\.\.8 \(the store holds 8 crops per image\), got 9"):
+    with pytest.raises(ReplayError, match=r"--crops-per-image must be in 1\.\.8 \(the store holds 8 crops per image\), got 9"):
         StoreCropPlanner(LabelStore(tiny.store), 9, 0)
 
 
@@ -141,7 +142,7 @@ def test_crop_augment_is_seeded_and_leaves_global_rngs_alone() -> None:
         again = augment(crop)
     assert torch.equal(first, again) and not torch.equal(first, crop)
     assert build_crop_augment(0.0, None) is None
-    with pytest.raises(SetupError, match="--randaugment must be a timm RandAugment string"):
+    with pytest.raises(ReplayError, match="--randaugment must be a timm RandAugment string"):
         build_crop_augment(0.0, "autoaug")
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO, TinyData, make_image_folder, make_tiny_data, train_args
 
-import train.data
+import fkd.data.multicrop
 import train.output
 import train.run
-from fkd.images import list_images
+from fkd.data.images import list_images
 from fkd.store import Manifest, StoreCorruptError
 from train.cli import main
 
@@ -139,7 +139,7 @@ def test_dataloader_worker_errors_are_their_own_one_line(
     def damaged(self: object, index: int) -> None:
         raise StoreCorruptError(Path("/labels/shard-00000.h5"), f"record {index}: CRC-32 mismatch")
 
-    monkeypatch.setattr(train.data.MultiCropDataset, "__getitem__", damaged)
+    monkeypatch.setattr(fkd.data.multicrop.MultiCropDataset, "__getitem__", damaged)
     out = tmp_path / "out"
     code, err = run_cli(capsys, supervised(images, out, "--workers", "1"))
     assert code == 2 and err.startswith("fkd-train: error: /labels/shard-00000.h5: record ") and err.endswith(": CRC-32 mismatch\n")
@@ -148,7 +148,7 @@ def test_dataloader_worker_errors_are_their_own_one_line(
     def bug(self: object, index: int) -> None:
         raise IndexError("a bug keeps its traceback")
 
-    monkeypatch.setattr(train.data.MultiCropDataset, "__getitem__", bug)
+    monkeypatch.setattr(fkd.data.multicrop.MultiCropDataset, "__getitem__", bug)
     with pytest.raises(IndexError, match="Caught IndexError in DataLoader worker process 0"):
         main(supervised(images, out, "--workers", "1"))
 

@@ -8,7 +8,7 @@ import torch
 from timm.scheduler import create_scheduler_v2
 
 import train.engine
-from train.data import CropBatch
+from fkd.data.multicrop import CropBatch
 from train.distributed import DistInfo
 from train.engine import Normalizer, Trainer, train_one_epoch
 

@@ -12,11 +12,11 @@ import torch
 
 from conftest import TinyData, train_args
 
-from fkd.feature_losses import feature_loss, whiten
-from fkd.losses import deit_token_loss, soft_target_cross_entropy
-from fkd.quantize import decode, encode
+from fkd.losses.features import feature_loss, whiten
+from fkd.losses.labels import deit_token_loss, soft_target_cross_entropy
+from fkd.payload.quantize import decode, encode
 from train.cli import main
-from train.data import CropBatch
+from fkd.data.multicrop import CropBatch
 from train.errors import SetupError
 from train.feature_modes import EmbeddingMode
 from train.modes import DeiTMode, FKDMode, OnlineKDMode, one_hot_targets

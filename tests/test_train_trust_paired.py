@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from conftest import NUM_CROPS, TinyData, write_random_embedding_store, write_random_store
-from fkd.images import list_images, read_image
+from fkd.data.images import list_images, read_image
 from fkd.labels.builder import write_store
 from fkd.store import LabelStore, Manifest
-from train.data import StoreCropPlanner
-from train.errors import DataMismatchError
-from train.preflight import SIZE_CHECK_IMAGES, check_paired_stores
+from fkd.data.plan import StoreCropPlanner
+from fkd.data.errors import DataMismatchError
+from fkd.data.checks import SIZE_CHECK_IMAGES, check_paired_stores
 
 
 def fingerprinted(src: Path, dst: Path, payload: str, fingerprints: np.ndarray) -> LabelStore:

@@ -15,10 +15,10 @@ from timm.data.auto_augment import rand_augment_transform
 
 from conftest import TinyData, make_tiny_data, train_args, with_full_store
 from train.aug_levels import AUG_LEVELS, apply_aug_level
-from train.augment import PHOTOMETRIC_OPS, build_eraser
+from fkd.data.augment import PHOTOMETRIC_OPS, build_eraser
 from train.checkpoint import read_checkpoint
 from train.cli import main
-from train.data import CropBatch
+from fkd.data.multicrop import CropBatch
 from train.distributed import DistInfo
 from train.engine import Normalizer, Trainer, evaluate, train_one_epoch
 from train.mixup import MixInfo, SoftTargetMixup

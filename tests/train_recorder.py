@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from train import data
+from fkd.data import multicrop as data
 from train.cli import main
 
 

@@ -4,7 +4,7 @@
 alpha and RandAugment's (layers, magnitude); the table is the one of its released configs
 (big_vision ``configs/vit_i1k.py``, ``MIXUP_DEF`` and ``RANDAUG_DEF``). A level only fills in
 ``--mixup`` and ``--randaugment`` where they were not given (on the command line or in a recipe), so
-explicit flags always win. RandAugment runs with the colour ops only (``train.augment.PHOTOMETRIC_OPS``):
+explicit flags always win. RandAugment runs with the colour ops only (``fkd.data.augment.PHOTOMETRIC_OPS``):
 AugReg's also rotate, shear and translate, which would move pixels away from the box a stored label
 describes. AugReg's magnitudes above 10 are passed to timm with ``mmax``, or timm would clip them
 to its default maximum of 10 (its scale is TensorFlow's, where AugReg's 15 and 20 act as given).

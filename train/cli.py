@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fkd.config import parse_args_with_config
-from fkd.teacher_options import add_teacher_args
+from fkd.teacher.options import add_teacher_args
 
 from .aug_levels import AUG_LEVELS, ERASE_MODES, apply_aug_level
 from .errors import SetupError
@@ -243,13 +243,14 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     except SetupError as exc:
         print(f"fkd-train: error: {exc}", file=sys.stderr)
         return 2
-    from fkd.images import BadImageError, ImageMismatchError
+    from fkd.data.images import BadImageError, ImageMismatchError
+    from fkd.data.errors import ReplayError
     from fkd.store import StoreError
 
     from .run import run
     from .student import fit_input_size
 
-    clean = (SetupError, StoreError, BadImageError, ImageMismatchError, FileNotFoundError, FloatingPointError)
+    clean = (SetupError, ReplayError, StoreError, BadImageError, ImageMismatchError, FileNotFoundError, FloatingPointError)
     try:
         fit_input_size(args)
         run(args)

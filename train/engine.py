@@ -28,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .checkpoint import unwrap
-from .data import CropBatch
+from fkd.data.multicrop import CropBatch
 from .distributed import DistInfo, all_reduce_sum
 from .modes import TrainMode
 from .mixup import SoftTargetMixup

@@ -17,7 +17,7 @@ share one formula with the ground truth's share W (``--gt-weight``):
   each ensemble member's slice on its own (``member_dims``, the store's ``embedding_dims``).
 - ``OnlineFDMode`` (``--mode online-fd``): the teacher runs every step on the student's mixed
   crops (resized to its input size, in eval mode, under no_grad, at ``--teacher-precision``), and
-  its features are the target (``fkd.features.TeacherFeatures``). ``feature-map`` is FD's setting:
+  its features are the target (``fkd.teacher.features.TeacherFeatures``). ``feature-map`` is FD's setting:
   the teacher's ``forward_features`` map against the student's map through a 1x1 convolution,
   average-pooled to the teacher's H x W when they differ (pooling commutes with a 1x1 convolution),
   ``smooth-l1`` whitening every position over the channels, beta 2.0. Any vector source
@@ -37,13 +37,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fkd.embedding_codec import decode as decode_embedding
-from fkd.feature_losses import feature_loss, feature_map_loss
-from fkd.features import FEATURE_MAP, TeacherFeatures
-from fkd.losses import soft_target_cross_entropy
-from fkd.quantize import LabelCodec
+from fkd.payload.embedding_codec import decode as decode_embedding
+from fkd.losses.features import feature_loss, feature_map_loss
+from fkd.teacher.features import FEATURE_MAP, TeacherFeatures
+from fkd.losses.labels import soft_target_cross_entropy
+from fkd.payload.quantize import LabelCodec
 
-from .data import CropBatch
+from fkd.data.multicrop import CropBatch
 from .modes import one_hot_targets, resize_for_teacher
 from .projector import as_feature_map
 

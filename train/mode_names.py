@@ -14,7 +14,7 @@ GT_WEIGHT_MODES: tuple[str, ...] = ("fkd", "online-fd")
 """Modes whose --gt-weight W gives the ground truth a share W of the loss."""
 
 EMBED_LOSSES: tuple[str, ...] = ("smooth-l1", "cosine", "mse")
-"""``fkd.feature_losses.FEATURE_LOSSES``, repeated here without torch (a test keeps them equal)."""
+"""``fkd.losses.features.FEATURE_LOSSES``, repeated here without torch (a test keeps them equal)."""
 PROJECTORS: tuple[str, ...] = ("linear", "mlp")
 """``train.projector.PROJECTOR_KINDS``, likewise."""
 FEATURE_DEFAULTS: dict[str, "str | float"] = {"embed_loss": "smooth-l1", "projector": "linear", "embed_weight": 1.0, "embedding_from": "feature-map"}

@@ -13,7 +13,7 @@ online-kd, the mixed images in [0, 1]) into a scalar.
   mixed together as one (B*n, 2C) target so both get the same lambda; soft distillation takes the
   teacher at ``tau`` from the store, exactly or not at all (see ``DeiTMode``).
 
-The stored labels decode through the store's ``fkd.quantize.LabelCodec`` (``log_probs``: a full
+The stored labels decode through the store's ``fkd.payload.quantize.LabelCodec`` (``log_probs``: a full
 store of format version 5 keeps log-probabilities; ``temperature``: the store's own).
 """
 
@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fkd.losses import DistillationLoss, deit_token_loss, soft_target_cross_entropy
-from fkd.quantize import LabelCodec
+from fkd.losses.labels import DistillationLoss, deit_token_loss, soft_target_cross_entropy
+from fkd.payload.quantize import LabelCodec
 
-from .data import CropBatch
+from fkd.data.multicrop import CropBatch
 from .errors import SetupError
 
 
@@ -93,7 +93,7 @@ class OnlineKDMode(SupervisedMode):
     """Vanilla KD: the teacher sees the student's (mixed) crops, resized to its input size.
 
     ``teacher`` maps images in [0, 1] at its input size to probabilities at temperature 1
-    (fkd.teachers.Teacher); the loss tempers them once, exactly, with ``tau``: Hinton's
+    (fkd.teacher.teachers.Teacher); the loss tempers them once, exactly, with ``tau``: Hinton's
     ``tau**2 * KL(softmax(t/tau) || softmax(z/tau))``.
     """
 

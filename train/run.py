@@ -22,13 +22,15 @@ from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from fkd.images import ImageList
+from fkd.data.images import ImageList
 
 from .aug_levels import apply_aug_level
-from .augment import build_crop_augment, build_eraser
+from fkd.data.augment import build_crop_augment, build_eraser
 from .checkpoint import CheckpointSaver, Progress, TrainingState, build_checkpoint, load_checkpoint, resolve_resume, rng_state
-from .data import EpochSampler, EvalDataset, MultiCropDataset, derived_seed, shard_indices
-from .device_replay import training_dataset
+from fkd.data.evaluation import EvalDataset, shard_indices
+from fkd.data.multicrop import EpochSampler, MultiCropDataset
+from fkd.data.plan import derived_seed
+from fkd.data.device_replay import training_dataset
 from .distributed import DistInfo, all_gather_objects, barrier, init_distributed, shutdown
 from .engine import EvalStats, Normalizer, Trainer, evaluate, train_one_epoch
 from .errors import SetupError

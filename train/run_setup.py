@@ -3,7 +3,7 @@ for feature distillation the projector. Every problem is a ``SetupError`` before
 
 Stores: ``--store`` is a label store, ``--embed-store`` an embedding store, each read as that payload
 only (a store of the other kind is refused in one line). Given both, they must describe the same
-crops (``preflight.check_paired_stores``); the label store then leads (its class map and crop
+crops (``fkd.data.checks.check_paired_stores``); the label store then leads (its class map and crop
 interpolation apply) and the planner takes both payloads per crop.
 """
 
@@ -17,22 +17,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from fkd.classes import is_numbered
-from fkd.crops import DEFAULT_RATIO, DEFAULT_SCALE, CropParams
-from fkd.embedding_spec import EmbeddingSpec
-from fkd.features import FeatureSourceError, TeacherFeatures
-from fkd.images import ImageList, list_images
-from fkd.sources import ImageSource
+from fkd.data.classes import is_numbered
+from fkd.data.crops import DEFAULT_RATIO, DEFAULT_SCALE, CropParams
+from fkd.payload.embedding_spec import EmbeddingSpec
+from fkd.teacher.features import FeatureSourceError, TeacherFeatures
+from fkd.data.images import ImageList, list_images
+from fkd.data.sources import ImageSource
 from fkd.store import LabelStore, StoreMeta, StorePayloadError
-from fkd.tars import is_tar_data
-from fkd.teachers import Teacher, create_teacher
+from fkd.data.tars import is_tar_data
+from fkd.teacher.teachers import Teacher, create_teacher
 
-from .data import RandomCropPlanner, StoreCropPlanner, derived_seed
+from fkd.data.plan import RandomCropPlanner, StoreCropPlanner, derived_seed
 from .errors import SetupError
 from .feature_modes import EmbeddingMode, OnlineFDMode
 from .mode_names import STORE_MODES
 from .modes import DeiTMode, FKDMode, OnlineKDMode, SupervisedMode, TrainMode
-from .preflight import (
+from fkd.data.checks import (
     check_labels_known, check_num_classes, check_paired_stores, check_store_matches_data, in_store_classes, val_in_class_space,
 )
 from .projector import FeatureStudent, Projector, build_projector

@@ -38,8 +38,8 @@ from benchmarks.common import (  # noqa: E402
     CACHE, KERAS_TEACHER, KERAS_TEACHER_TOP1, REPO_ROOT, LabelSetting, balanced_subset, converted_store, full_store,
     markdown_table, run_logged, result_path, save_result, script, threads_env,
 )
-from fkd.images import list_images, load_image  # noqa: E402
-from fkd.teachers import create_teacher  # noqa: E402
+from fkd.data.images import list_images, load_image  # noqa: E402
+from fkd.teacher.teachers import create_teacher  # noqa: E402
 from train.mode_names import DISTILL_MODES, STORE_MODES  # noqa: E402
 
 RECIPE = REPO_ROOT / "configs" / "bench-cifar10.yaml"

@@ -66,7 +66,7 @@ from benchmarks.common import (
     script,
     store_bytes,
 )
-from fkd.images import list_images
+from fkd.data.images import list_images
 
 LAYER = "dense_1_relu"
 GT_WEIGHT = 0.3

@@ -25,7 +25,7 @@ from benchmarks.accuracy.bench_accuracy import KERAS_TEACHER_TOP1, RECIPE, Run, 
 from benchmarks.common import (
     CACHE, REPO_ROOT, LabelSetting, balanced_subset, converted_store, full_store, markdown_table, result_path, save_result,
 )
-from fkd.images import list_images
+from fkd.data.images import list_images
 
 PER_CLASS = 1000
 STORE_CROPS = (32, 128)

@@ -61,7 +61,7 @@ from benchmarks.accuracy.bench_accuracy import KERAS_TEACHER_TOP1, Run, summariz
 from benchmarks.common import (
     CACHE, REPO_ROOT, LabelSetting, balanced_subset, converted_store, full_store, markdown_table, result_path, save_result,
 )
-from fkd.images import list_images
+from fkd.data.images import list_images
 
 VIT_RECIPE = REPO_ROOT / "configs" / "train-cifar10-vit-fkd.yaml"
 DEIT_RECIPE = REPO_ROOT / "configs" / "train-cifar10-deit.yaml"

@@ -4,7 +4,7 @@ fkd-train compares the CRC-32 of each image file's bytes with the one fkd-labelg
 store is never trained against other pictures with the same names and sizes. The bytes are read
 anyway; the CRC runs at GB/s. This runs fkd-train's own dataset (``MultiCropDataset`` over a label
 store, n=4 crops per image, DataLoader with 0 workers, one thread) with the check and without it
-(no CRC computed at all: ``fkd.images.fingerprint`` is replaced by a constant and the comparison is
+(no CRC computed at all: ``fkd.data.images.fingerprint`` is replaced by a constant and the comparison is
 off), alternating, several times, and reports images/s and the ratio of the medians, on real
 CIFAR-10 JPEGs (32 px, student 32 px) and ImageNet-sized JPEGs (about 500x375 random pixels,
 student 224 px).
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-import fkd.images as images_module
+import fkd.data.images as images_module
 
 from benchmarks.common import balanced_subset, save_result
 from benchmarks.speed.multicrop import build_store, make_image_folder, measure

@@ -11,8 +11,8 @@ the official FKD files, one ``torch.save`` per image.
   image ``torch.load`` of its whole label file, one PIL decode, then for each of n crops drawn by
   ``torch.randperm`` a PIL ``resized_crop`` at the stored coordinates, flip, ``ToTensor``,
   ``Normalize``;
-- fkd: ``train.data.MultiCropDataset`` (crops cut in the workers) or
-  ``train.device_replay.DecodeOnlyDataset`` (``--replay-device cuda``: the workers only decode).
+- fkd: ``fkd.data.multicrop.MultiCropDataset`` (crops cut in the workers) or
+  ``fkd.data.device_replay.DecodeOnlyDataset`` (``--replay-device cuda``: the workers only decode).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from torchvision.transforms import functional as F
 
 from benchmarks.common import REPO_ROOT, balanced_subset
 from benchmarks.fkd_official import official_coords, official_labels, read_official, write_official
-from fkd.images import ImageList, list_images, read_image
+from fkd.data.images import ImageList, list_images, read_image
 from fkd.store import LabelStore
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))

@@ -21,13 +21,14 @@ from PIL import Image
 from timm.data import ImageDataset, create_transform
 from torch.utils.data import default_collate
 
-from fkd.crops import fixed_to_boxes, replay, replay_fixed
-from fkd.images import read_image
+from fkd.data.crops import fixed_to_boxes, replay, replay_fixed
+from fkd.data.images import read_image
 from fkd.store import LabelStore
-from train.data import CropSample, MultiCropDataset, StoreCropPlanner, collate_crops
-from train.device_replay import DecodeOnlyDataset, collate_uncut
+from fkd.data.multicrop import CropSample, MultiCropDataset, collate_crops
+from fkd.data.plan import StoreCropPlanner
+from fkd.data.device_replay import DecodeOnlyDataset, collate_uncut
 
-from .loader_data import LoaderInputs
+from benchmarks.speed.loader_data import LoaderInputs
 
 
 class StageClock:
@@ -97,7 +98,7 @@ def profile_timm(inputs: LoaderInputs, count: int, size: int, batch: int) -> dic
 
 
 def layout_trial(inputs: LoaderInputs, count: int, n: int, size: int) -> dict[str, Any]:
-    """Why ``fkd.images.read_image`` keeps the decoder's (H, W, 3) memory behind its (3, H, W) view:
+    """Why ``fkd.data.images.read_image`` keeps the decoder's (H, W, 3) memory behind its (3, H, W) view:
     a contiguous (3, H, W) copy (what it made before) costs the copy, and torch's uint8 antialiased
     resize then repacks every crop back to channels-last. Same decode, same crops, both layouts:
     CPU ms per image, and whether the crops are bitwise identical."""

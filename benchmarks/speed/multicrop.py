@@ -1,6 +1,6 @@
 """Multi-crop loading: what decoding each image once for n crops saves in fkd-train's data pipeline.
 
-Runs fkd-train's own dataset (``train.data.MultiCropDataset`` over a label store: read the record,
+Runs fkd-train's own dataset (``fkd.data.multicrop.MultiCropDataset`` over a label store: read the record,
 decode the JPEG, replay n stored boxes + flips, resize to the student size) through a DataLoader
 for one epoch at n=1 and n=4 crops per image, and reports images/s and crops/s. Labels do not
 affect loading speed, so the store holds random labels over the real images.
@@ -24,9 +24,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmarks.common import REPO_ROOT, balanced_subset, save_result
-from fkd.images import list_images, read_image
+from fkd.data.images import list_images, read_image
 from fkd.store import LabelStore
-from train.data import EpochSampler, MultiCropDataset, StoreCropPlanner, collate_crops
+from fkd.data.multicrop import EpochSampler, MultiCropDataset, collate_crops
+from fkd.data.plan import StoreCropPlanner
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 from conftest import make_image_folder, write_random_store  # noqa: E402  (the test suite's store writer)

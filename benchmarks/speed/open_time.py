@@ -31,7 +31,8 @@ import numpy as np
 
 from benchmarks.common import save_result
 from benchmarks.storage.compression import synthetic_probs
-from fkd import crops, quantize
+from fkd.data import crops
+from fkd.payload import quantize
 from fkd.store import LabelStore, ShardData, compress_records, new_meta, open_for_writing, write_shard
 
 

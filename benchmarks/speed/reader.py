@@ -27,7 +27,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from fkd import crops, quantize
+from fkd.data import crops
+
+from fkd.payload import quantize
 from fkd.store import LabelStore, ShardData, compress_records, new_meta, open_for_writing, write_shard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))

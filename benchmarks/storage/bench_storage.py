@@ -35,8 +35,9 @@ from benchmarks.common import CACHE, LabelSetting, converted_store, full_store, 
 from benchmarks.fkd_official import allocated_bytes, official_coords, official_labels, write_official  # noqa: E402
 from benchmarks.storage.compression import measure as compression_measure  # noqa: E402
 from benchmarks.storage.compression import record_layout, synthetic_probs  # noqa: E402
-from fkd import crops, quantize  # noqa: E402
-from fkd.quantize import payload_shape  # noqa: E402
+from fkd.data import crops  # noqa: E402
+from fkd.payload import quantize  # noqa: E402
+from fkd.payload.quantize import payload_shape  # noqa: E402
 from fkd.store import LabelStore, compress_records  # noqa: E402
 
 IMAGENET_IMAGES = 1_281_167

@@ -29,8 +29,10 @@ import h5py
 import numpy as np
 import zstandard
 
-from fkd import crops, quantize
-from fkd.schemes import SCHEMES, Scheme
+from fkd.data import crops
+
+from fkd.payload import quantize
+from fkd.payload.schemes import SCHEMES, Scheme
 from fkd.store.format import RecordLayout
 from fkd.store.writer import compress_records
 

@@ -2,7 +2,7 @@
 
 Features are real: the pretrained Keras CIFAR-10 teacher's penultimate layer (``dense_1_relu``,
 Dense 512 after ReLU: the pre-logits the classifier reads) over real CIFAR-10 train images
-(balanced, seed 0) x M random-resized crops drawn by ``fkd.crops`` as fkd-labelgen draws them, at
+(balanced, seed 0) x M random-resized crops drawn by ``fkd.data.crops`` as fkd-labelgen draws them, at
 the teacher's input (32 px, bilinear). For each normalization (none, l2, layernorm) the features are
 written as a real embedding store in float16 and in int8 (``embedding_codec.encode``, the store
 writer's zstd records in HDF5 shards) and read back through ``LabelStore``. Reported per variant:
@@ -31,11 +31,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.common import CACHE, KERAS_TEACHER, balanced_subset, markdown_table, result_path, save_result, store_bytes  # noqa: E402
-from fkd import embedding_codec  # noqa: E402
-from fkd.crops import CropParams, boxes_to_fixed, replay_fixed, sample_crops  # noqa: E402
-from fkd.embedding_spec import EmbeddingSpec  # noqa: E402
-from fkd.features import create_feature_extractor  # noqa: E402
-from fkd.images import list_images, read_image  # noqa: E402
+from fkd.payload import embedding_codec  # noqa: E402
+from fkd.data.crops import CropParams, boxes_to_fixed, replay_fixed, sample_crops  # noqa: E402
+from fkd.payload.embedding_spec import EmbeddingSpec  # noqa: E402
+from fkd.teacher.features import create_feature_extractor  # noqa: E402
+from fkd.data.images import list_images, read_image  # noqa: E402
 from fkd.store import EmbeddingLayout, LabelStore, ShardData, compress_records, new_meta, open_for_writing, write_shard  # noqa: E402
 from fkd.store.layout import PayloadField  # noqa: E402
 from fkd.zoo.keras_cifar10 import CLASS_NAMES, PRETRAINED_CFG, create_model  # noqa: E402

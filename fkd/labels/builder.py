@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fkd.images import ImageEntry, ImageList
-from fkd.store import (
+from ..data.images import ImageEntry, ImageList
+from ..store import (
     MANIFEST_NAME, ImageLabels, LabelStore, Manifest, PayloadLayout, ShardData, StoreMeta, compress_records, open_for_writing,
     remove_store, store_lock, write_shard,
 )
@@ -99,7 +99,7 @@ def iter_records(store: LabelStore, indices: Iterable[int]) -> Iterator[ImageLab
 
 
 def image_list_fingerprint(image_ids: list[str], labels: Iterable[int]) -> str:
-    """The data fingerprint a store made from exactly these images would carry (fkd.images'
+    """The data fingerprint a store made from exactly these images would carry (fkd.data.images'
     definition), for derived stores that cover another image list than their source."""
     entries = [ImageEntry(i, int(label)) for i, label in zip(image_ids, labels)]
     return ImageList(Path("."), entries, []).fingerprint()

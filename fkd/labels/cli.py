@@ -14,8 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fkd.embedding_spec import EMBEDDING_DTYPES
-from fkd.schemes import SCHEMES
+from ..payload.embedding_spec import EMBEDDING_DTYPES
+from ..payload.schemes import SCHEMES
 
 from .errors import LabelsError
 from .fkd_format import (
@@ -167,7 +167,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from fkd.store import LabelStore
+    from ..store import LabelStore
 
     from .show import render
 
@@ -190,7 +190,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from fkd.quantize import stored_top_k
+    from ..payload.quantize import stored_top_k
 
     from .import_fkd import import_fkd
     from .import_settings import ImportOptions
@@ -236,7 +236,7 @@ COMMANDS = {
 
 def check_store_paths(args: argparse.Namespace) -> None:
     """A store argument that holds no store is a wrong path (exit 2), not a damaged store (exit 1)."""
-    from fkd.store import MANIFEST_NAME
+    from ..store import MANIFEST_NAME
 
     for path in [args.store] if hasattr(args, "store") else getattr(args, "stores", []):
         if not Path(path).is_dir():
@@ -247,7 +247,7 @@ def check_store_paths(args: argparse.Namespace) -> None:
 
 def main(argv: "Sequence[str] | None" = None) -> int:
     args = build_parser().parse_args(argv)
-    from fkd.store import StoreError, StorePayloadError
+    from ..store import StoreError, StorePayloadError
 
     try:
         check_store_paths(args)

@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from fkd import embedding_codec, quantize
-from fkd.embedding_spec import EMBEDDING_DTYPES
-from fkd.quantize import LabelCodec, Scheme, stored_top_k
-from fkd.store import ImageLabels, LabelStore, Manifest, StoreMeta, copy_meta
+from ..payload import embedding_codec, quantize
+from ..payload.embedding_spec import EMBEDDING_DTYPES
+from ..payload.quantize import LabelCodec, Scheme, stored_top_k
+from ..store import ImageLabels, LabelStore, Manifest, StoreMeta, copy_meta
 
 from .builder import image_list_fingerprint, iter_records, prepare_output, write_store
 from .errors import LabelsError

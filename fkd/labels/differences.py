@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fkd.store import StoreMeta
+from ..store import StoreMeta
 
 PER_PART_SETTINGS = ("num_images", "shard_size", "data_fingerprint")
 """Settings that legitimately differ between parts of one store (or exports of parts of it)."""

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fkd.crops import fixed_to_boxes
-from fkd.quantize import LabelCodec, stored_top_k
-from fkd.schemes import Scheme
-from fkd.store import LabelStore, StoreMeta
+from ..data.crops import fixed_to_boxes
+from ..payload.quantize import LabelCodec, stored_top_k
+from ..payload.schemes import Scheme
+from ..store import LabelStore, StoreMeta
 
 from .differences import describe_differences
 from .errors import LabelsError

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fkd.quantize import Scheme
+from ..payload.quantize import Scheme
 
 from .errors import LabelsError
 

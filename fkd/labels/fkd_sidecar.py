@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fkd.store import StoreError, StoreMeta
-from fkd.store.files import atomic_write_bytes
+from ..store import StoreError, StoreMeta
+from ..store.files import atomic_write_bytes
 
 from .errors import LabelsError
 from .fkd_format import SIDECAR_NAME

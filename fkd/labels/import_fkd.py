@@ -35,11 +35,11 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-from fkd.classes import ClassSpaceError, apply_class_map
-from fkd.crops import boxes_to_fixed
-from fkd.images import ImageList, fingerprint, list_images
-from fkd.quantize import Scheme, index_dtype, stored_top_k
-from fkd.store import ImageLabels, Manifest, StoreMeta, copy_meta, new_meta
+from ..data.classes import ClassSpaceError, apply_class_map
+from ..data.crops import boxes_to_fixed
+from ..data.images import ImageList, fingerprint, list_images
+from ..payload.quantize import Scheme, index_dtype, stored_top_k
+from ..store import ImageLabels, Manifest, StoreMeta, copy_meta, new_meta
 
 from .builder import image_list_fingerprint, prepare_output, write_store
 from .errors import LabelsError
@@ -173,7 +173,7 @@ def plan_jobs(label_root: Path, images: ImageList, labelled: ImageList, trailing
 
 def class_space(images: ImageList, recorded: "StoreMeta | None", options: ImportOptions, sidecar: Path) -> tuple[int, list[str], ImageList]:
     """The store's class count and names, and the listing with its labels in that space: the exported
-    store's (a class map moves the data's labels to teacher classes, ``fkd.classes``), else the flags' or data's."""
+    store's (a class map moves the data's labels to teacher classes, ``fkd.data.classes``), else the flags' or data's."""
     if recorded is None:
         num_classes = options.num_classes if options.num_classes is not None else len(images.class_names)
         if num_classes < 2:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fkd.schemes import Scheme
-from fkd.store import UNKNOWN_PRECISION, StoreMeta
+from ..payload.schemes import Scheme
+from ..store import UNKNOWN_PRECISION, StoreMeta
 
 from .errors import LabelsError
 from .fkd_format import DEFAULT_TEACHER, FKD_CROP_SCALE, FKD_INPUT_SIZE, FKD_INTERPOLATION, IMPORTED_SOURCE

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fkd.quantize import Scheme, stored_top_k
-from fkd.store import MANIFEST_NAME, LabelStore, Manifest, shard_file_problem
+from ..payload.quantize import Scheme, stored_top_k
+from ..store import MANIFEST_NAME, LabelStore, Manifest, shard_file_problem
 
 from .differences import full_values
 from .fkd_format import is_imported

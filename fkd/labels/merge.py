@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fkd.store import LabelStore, Manifest, copy_meta
+from ..store import LabelStore, Manifest, copy_meta
 
 from .builder import image_list_fingerprint, iter_records, prepare_output, write_store
 from .differences import describe_differences

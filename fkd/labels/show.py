@@ -1,7 +1,7 @@
 """``fkd-labels show``: draw one image's stored crops and what the teacher said about them.
 
 Left: the image with its first N crop boxes (dashed where the crop is flipped). Right, for the first
-few of those crops: the crop as the teacher saw it (replayed from the store with ``fkd.crops``, at
+few of those crops: the crop as the teacher saw it (replayed from the store with ``fkd.data.crops``, at
 the teacher's input size and interpolation, flip applied) beside a bar chart of its decoded soft
 label's top classes, named. A wrong box, a flipped flip or a label that does not match the crop is
 obvious at a glance, which no table of numbers makes it.
@@ -27,11 +27,11 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from fkd import quantize  # noqa: E402
-from fkd.crops import fixed_to_boxes, replay_fixed  # noqa: E402
-from fkd.images import ImageLocation, ImageMismatchError, check_fingerprint, list_images, read_image  # noqa: E402
-from fkd.store import ImageLabels, LabelStore, StoreMeta  # noqa: E402
-from fkd.tars import is_tar_data  # noqa: E402
+from ..payload import quantize  # noqa: E402
+from ..data.crops import fixed_to_boxes, replay_fixed  # noqa: E402
+from ..data.images import ImageLocation, ImageMismatchError, check_fingerprint, list_images, read_image  # noqa: E402
+from ..store import ImageLabels, LabelStore, StoreMeta  # noqa: E402
+from ..data.tars import is_tar_data  # noqa: E402
 
 from .errors import LabelsError  # noqa: E402
 

@@ -16,7 +16,7 @@ import numpy as np
 from .errors import LabelsError
 
 if TYPE_CHECKING:  # the CLI parses --subset with this module: no store (torch, h5py) imports for that
-    from fkd.store import ImageLabels, LabelStore, StoreMeta
+    from ..store import ImageLabels, LabelStore, StoreMeta
 
 SUBSET_HELP = (
     "'classes=NAME,NAME' (class names or indices, matched against each image's ground-truth label) "

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from fkd.crops import FIXED_POINT_SCALE
-from fkd.quantize import LOG_PROB_FLOOR
-from fkd.store import ImageLabels, LabelStore, Manifest, StoreError, StoreMeta, store_lock
-from fkd.store.format import SHARD_PATTERN
+from ..data.crops import FIXED_POINT_SCALE
+from ..payload.quantize import LOG_PROB_FLOOR
+from ..store import ImageLabels, LabelStore, Manifest, StoreError, StoreMeta, store_lock
+from ..store.format import SHARD_PATTERN
 
 MAX_PROBLEMS_PER_SHARD = 5
 """Problems listed per shard; the rest are counted (a broken shard often fails every record)."""

@@ -4,14 +4,15 @@ from .errors import StoreCorruptError, StoreError, StoreFormatError, StoreIncomp
 from .format import FORMAT_VERSION, MANIFEST_NAME, PAYLOADS, UNKNOWN_PRECISION, StoreMeta
 from .layout import EmbeddingLayout, PayloadLayout, RecordLayout
 from .manifest import Manifest, ShardInfo
+from .integrity import file_sha256, shard_file_problem
 from .reader import ImageLabels, LabelStore
 from .writer import (
-    ShardData, compress_records, copy_meta, new_meta, open_for_writing, remove_store, shard_file_problem, store_lock, write_shard,
+    ShardData, compress_records, copy_meta, new_meta, open_for_writing, remove_store, store_lock, write_shard,
 )
 
 __all__ = [
     "FORMAT_VERSION", "MANIFEST_NAME", "PAYLOADS", "EmbeddingLayout", "ImageLabels", "LabelStore", "Manifest", "PayloadLayout",
     "RecordLayout", "ShardData", "ShardInfo", "StoreCorruptError", "StoreError", "StoreFormatError", "StoreIncompleteError",
-    "StoreMeta", "StoreMismatchError", "StorePayloadError", "UNKNOWN_PRECISION", "compress_records", "copy_meta", "new_meta",
+    "StoreMeta", "StoreMismatchError", "StorePayloadError", "UNKNOWN_PRECISION", "compress_records", "copy_meta", "file_sha256", "new_meta",
     "open_for_writing", "remove_store", "shard_file_problem", "store_lock", "write_shard",
 ]

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from ..embedding_spec import EmbeddingSpec
-from ..precision import PRECISIONS
-from ..quantize import LabelCodec, Scheme, index_dtype, payload_shape, stored_top_k
+from ..payload.embedding_spec import EmbeddingSpec
+from ..teacher.precision import PRECISIONS
+from ..payload.quantize import LabelCodec, Scheme, index_dtype, payload_shape, stored_top_k
 from .errors import StoreFormatError, StorePayloadError
 from .layout import EmbeddingLayout, PayloadLayout, RecordLayout
 
@@ -35,7 +35,7 @@ version-1 stores still read, with those fields marked unknown. Version 3 added t
 fields); older stores are checked by their whole-file sha256 instead. Version 4 added the embedding
 payload (``embedding``); label stores stay version 3, unchanged, so older fkd keeps reading
 them and refuses embedding stores by their version instead of misreading them. Version 5 stores
-``full`` labels as float16 log-probabilities instead of probabilities (``fkd.quantize``): only
+``full`` labels as float16 log-probabilities instead of probabilities (``fkd.payload.quantize``): only
 full stores are written as 5, so an older fkd refuses them by their version instead of reading
 log-probabilities as probabilities; older full stores still read, as probabilities."""
 PAYLOADS = ("labels", "embedding")
@@ -81,7 +81,7 @@ class StoreMeta:
     seed: int = 0
     data_fingerprint: str = ""
     teacher_precision: str = "fp32"
-    class_map: "dict[str, int] | None" = None  # data class name -> teacher class index (fkd.classes)
+    class_map: "dict[str, int] | None" = None  # data class name -> teacher class index (fkd.data.classes)
     image_fingerprint: str = "none"  # "crc32": every shard keeps the CRC-32 of each image file's bytes
     embedding: "EmbeddingSpec | None" = None  # the payload is embeddings (format 4) instead of soft labels; scheme None, top_k 0
     bad_images: list[dict[str, str]] = field(default_factory=list)
@@ -144,7 +144,7 @@ class StoreMeta:
         return self.scheme == Scheme.FULL.value and (self.format_version or 0) >= LOG_PROBS_FORMAT_VERSION
 
     def label_codec(self) -> LabelCodec:
-        """How this label store's values decode (and re-temper): ``fkd.quantize.LabelCodec``."""
+        """How this label store's values decode (and re-temper): ``fkd.payload.quantize.LabelCodec``."""
         self.check_payload("labels")
         return LabelCodec(self.scheme, self.num_classes, self.temperature, self.full_log_probs)
 

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..embedding_spec import SCALE_DTYPE, STORAGE_DTYPES
+from ..payload.embedding_spec import SCALE_DTYPE, STORAGE_DTYPES
 
 BOX_BYTES = 4 * 2
 
@@ -123,7 +123,7 @@ class RecordLayout(PayloadLayout):
             return
         if self.log_values and np.any(array > 0):
             raise ValueError(f"this store keeps log-probabilities (<= 0), got values up to {float(array.max()):.3g}: encode "
-                             "probabilities with fkd.quantize.encode")
+                             "probabilities with fkd.payload.quantize.encode")
         if not self.log_values and np.any(array < 0):
             raise ValueError(f"this store keeps probabilities (>= 0), got values down to {float(array.min()):.3g}: "
                              "decode log-probabilities (a full store of format version 5) first")

@@ -32,13 +32,13 @@ import numpy as np
 import torch
 import zstandard
 
-from ..embedding_codec import decode as decode_embedding
-from ..quantize import LabelCodec
+from ..payload.embedding_codec import decode as decode_embedding
+from ..payload.quantize import LabelCodec
 from .errors import StoreCorruptError, StoreError, StoreIncompleteError
 from .format import StoreMeta
 from .layout import PayloadLayout
 from .manifest import Manifest
-from .writer import shard_file_problem
+from .integrity import shard_file_problem
 
 
 @dataclass
@@ -293,6 +293,14 @@ class LabelStore:
     def image_sizes(self) -> np.ndarray:
         """(N, 2) int64 original (height, width) per image, (0, 0) in unfinished shards."""
         return self._column("sizes", np.zeros(2, dtype=np.int64))
+
+    @property
+    def fingerprints(self) -> "np.ndarray | None":
+        """(N,) int64 CRC-32 of each image file the crops were labelled from (0 in unfinished shards),
+        or None when the store records none (made before fingerprints)."""
+        if self.meta.image_fingerprint != "crc32":
+            return None
+        return self._column("fingerprints", np.zeros((), dtype=np.int64))
 
 
 MIN_BYTES_PER_IMAGE = 24

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import hashlib
 import os
 import tempfile
 import uuid
@@ -25,9 +24,10 @@ import numpy as np
 import zstandard
 
 from .. import __version__
-from ..schemes import Scheme
+from ..payload.schemes import Scheme
 from .errors import StoreError, StoreMismatchError
 from .files import default_file_mode, fsync_dir
+from .integrity import file_sha256
 from .format import CODEC, LABELS_FORMAT_VERSION, MANIFEST_NAME, SHARD_PATTERN, StoreMeta
 from .layout import PayloadLayout
 from .manifest import Manifest, ShardInfo
@@ -62,7 +62,7 @@ class ShardData:
     labels: np.ndarray  # (N,) int, -1 where unknown
     sizes: np.ndarray  # (N, 2) original (height, width)
     records: list[bytes]  # compressed, from compress_records
-    fingerprints: "np.ndarray | None" = None  # (N,) CRC-32 of each image file's bytes (fkd.images.read_image)
+    fingerprints: "np.ndarray | None" = None  # (N,) CRC-32 of each image file's bytes (fkd.data.images.read_image)
 
     def __post_init__(self) -> None:
         n = len(self.image_ids)
@@ -208,50 +208,6 @@ def write_shard(directory: "str | Path", meta: StoreMeta, shard: int, data: Shar
                      records_offset=ranges[0], records_bytes=ranges[1], meta_sha256=meta_digest)
 
 
-def shard_file_problem(directory: "str | Path", info: ShardInfo, checksum: bool = True, metadata_only: bool = False) -> "str | None":
-    """Why a finished shard's file no longer matches its manifest entry (missing, wrong size, and
-    with ``checksum`` a sha256 mismatch, which reads the whole file), or None when it does.
-
-    ``metadata_only`` (readers, at every open): where the manifest records it (format version 3),
-    hash every byte but the records dataset's, i.e. what HDF5 parses, so the cost does not grow
-    with the payload; the records are checked by their CRC-32s as they are read."""
-    path = Path(directory) / info.file
-    if not path.is_file():
-        return "shard file is missing"
-    size = path.stat().st_size
-    if size != info.bytes:
-        return f"shard {'is truncated' if size < info.bytes else 'has the wrong size'}: {size} bytes, the manifest recorded {info.bytes}"
-    if not checksum:
-        return None
-    skip = info.records_range if metadata_only else None
-    try:
-        digest = file_sha256(path, skip)
-    except OSError as exc:  # permissions, too many open files, I/O errors
-        return f"cannot read shard: {exc.strerror or exc}"
-    expected, what = (info.sha256, "sha256") if skip is None else (info.meta_sha256, "sha256 of the HDF5 metadata (all but the records)")
-    if digest != expected:
-        return f"checksum mismatch: {what} {digest[:16]}..., the manifest recorded {expected[:16]}..."
-    return None
-
-
-def file_sha256(path: Path, skip: "tuple[int, int] | None" = None) -> str:
-    """sha256 of the file's bytes, leaving out the range ``skip`` = (offset, length) when given
-    (clipped to the file, so hostile manifest values cannot make it read more than the file)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        start, stop = (size, size) if skip is None else (min(skip[0], size), min(skip[0] + skip[1], size))
-        for begin, end in ((0, start), (stop, size)):
-            f.seek(begin)
-            while begin < end:
-                chunk = f.read(min(1 << 20, end - begin))
-                if not chunk:
-                    break
-                h.update(chunk)
-                begin += len(chunk)
-    return h.hexdigest()
-
-
 def copy_meta(meta: StoreMeta, **changes) -> StoreMeta:
     """A copy of ``meta`` with some settings changed and fresh bookkeeping (for derived stores).
 
@@ -265,4 +221,4 @@ def copy_meta(meta: StoreMeta, **changes) -> StoreMeta:
     return new_meta(**settings, **({"format_version": LABELS_FORMAT_VERSION} if probabilities else {}))
 
 
-__all__ = ["ShardData", "compress_records", "copy_meta", "file_sha256", "new_meta", "open_for_writing", "remove_store", "shard_file_problem", "store_lock", "write_shard"]
+__all__ = ["ShardData", "compress_records", "copy_meta", "new_meta", "open_for_writing", "remove_store", "store_lock", "write_shard"]

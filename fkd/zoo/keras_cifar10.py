@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fkd.zoo import shared_dir
+from . import shared_dir
 
 CHECKPOINT_RELPATH = "models/cifar10_keras_cnn.h5"
 NUM_CLASSES = 10

@@ -1,4 +1,4 @@
-"""The teacher options shared by fkd-labelgen and fkd-train (online KD), apart from ``fkd.teachers``
+"""The teacher options shared by fkd-labelgen and fkd-train (online KD), apart from ``fkd.teacher.teachers``
 so that building a parser (``--help``, argument errors) imports neither torch nor timm."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The embedding codec: a teacher's D-dim feature vector per crop, stored as float16 or int8.
 
-The second payload behind the store's interface (``fkd.quantize`` is the first: soft labels).
+The second payload behind the store's interface (``fkd.payload.quantize`` is the first: soft labels).
 ``encode`` turns float32 features (N, D) into what a record keeps; ``decode`` turns stored arrays
 back into float32 (..., D), batched on the training device like ``quantize.decode``.
 

@@ -16,6 +16,8 @@ import timm
 import timm.models
 from torch import nn
 
+from .errors import TeacherError
+
 HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 """The file names timm loads a hub model's weights from (the cfg's own ``hf_hub_filename`` first)."""
 PROBE_TIMEOUT_S = 10.0
@@ -55,8 +57,6 @@ def _check_hub_reachable(name: str) -> None:
 
 
 def _download_error(name: str, exc: BaseException) -> ValueError:
-    from .teachers import TeacherError  # teachers imports this module
-
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return TeacherError(
         f"cannot download timm's pretrained weights for {name} (no network?): {reason}; pass --checkpoint PATH "

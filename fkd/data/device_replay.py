@@ -29,12 +29,13 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from fkd.crops import fixed_to_boxes, parse_interpolation
-from fkd.sources import ImageSource
+from .crops import fixed_to_boxes, parse_interpolation
+from .sources import ImageSource
 
 from .augment import CropAugment
-from .data import PAYLOAD_FIELDS, CropBatch, CropPlanner, CropTargets, MultiCropDataset, collate_crops, collate_targets
-from .errors import SetupError
+from .multicrop import CropBatch, CropTargets, MultiCropDataset, collate_crops, collate_targets
+from .plan import PAYLOAD_FIELDS, CropPlanner
+from .errors import ReplayError
 
 REPLAY_DEVICES = ("cpu", "cuda")
 
@@ -172,9 +173,9 @@ def training_dataset(
     if replay_device == "cpu":
         return MultiCropDataset(source, planner, size, interpolation, augment, seed), collate_crops
     if replay_device != "cuda":
-        raise SetupError(f"--replay-device must be one of {', '.join(REPLAY_DEVICES)}, got {replay_device!r}")
+        raise ReplayError(f"--replay-device must be one of {', '.join(REPLAY_DEVICES)}, got {replay_device!r}")
     if device.type != "cuda":
-        raise SetupError(f"--replay-device cuda needs a CUDA training device (this run uses {device}); use --replay-device cpu")
+        raise ReplayError(f"--replay-device cuda needs a CUDA training device (this run uses {device}); use --replay-device cpu")
     if augment is not None:
-        raise SetupError("--color-jitter and --randaugment (or an --aug-level's) run per crop in the DataLoader workers: use --replay-device cpu")
+        raise ReplayError("--color-jitter and --randaugment (or an --aug-level's) run per crop in the DataLoader workers: use --replay-device cpu")
     return DecodeOnlyDataset(source, planner, size, interpolation, seed), partial(collate_uncut, size=size, interpolation=interpolation)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .embedding_codec import normalize
+from ..payload.embedding_codec import normalize
 
 FEATURE_LOSSES: tuple[str, ...] = ("smooth-l1", "cosine", "mse")
 SMOOTH_L1_BETA = 2.0

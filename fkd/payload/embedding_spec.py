@@ -1,7 +1,7 @@
 """What an embedding store's metadata says about its payload: dimension, storage dtype, source
-layer and normalization (``fkd.embedding_codec`` encodes and decodes the vectors).
+layer and normalization (``fkd.payload.embedding_codec`` encodes and decodes the vectors).
 
-Apart from the codec, like ``fkd.schemes``, so that command lines can list the choices and the store
+Apart from the codec, like ``fkd.payload.schemes``, so that command lines can list the choices and the store
 format can validate metadata without importing torch. Everything here may come from a hostile
 ``store.json``: every value is checked for type and range before anything is sized from it.
 """

@@ -1,4 +1,5 @@
-"""Checks before training starts: is the label store about these images, and do the classes agree?
+"""Is the label store about these images, and do the classes agree? Checked before training starts
+(by fkd-train and by ``fkd.api``'s dataset alike).
 
 A store trained against the wrong images trains happily on wrong labels, so mismatches are refused
 up front, naming what differs: image ids missing under --data, labels or class names (folders)
@@ -13,13 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from fkd.classes import ClassSpaceError, apply_class_map, folder_difference, is_numbered, quoted
-from fkd.images import UNKNOWN_LABEL, ImageList, ImageMismatchError, check_fingerprint, read_image
-from fkd.sources import ImageSource
-from fkd.store import LabelStore
-from fkd.tars import TarSource
-
+from ..store import LabelStore
+from .classes import ClassSpaceError, apply_class_map, folder_difference, is_numbered, quoted
 from .errors import DataMismatchError
+from .images import UNKNOWN_LABEL, ImageList, ImageMismatchError, check_fingerprint, read_image
+from .sources import ImageSource
+from .tars import TarSource
+
 
 SIZE_CHECK_IMAGES = 32
 """How many images (spread over the store) are decoded to compare their size with the store's."""
@@ -147,7 +148,7 @@ def check_labels_known(labels: np.ndarray, ids: list[str], source: str, mode: st
 
 PAIRED_SETTINGS = ("num_crops", "seed", "crop_scale", "crop_ratio", "flip_prob", "num_classes", "class_names", "class_map")
 """Metadata a label store and an embedding store used together must share: the crop settings that
-decide every box and flip (``fkd.crops.sample_crops``) and the class space."""
+decide every box and flip (``fkd.data.crops.sample_crops``) and the class space."""
 
 
 def check_paired_stores(labels: LabelStore, embeddings: LabelStore) -> None:
@@ -172,7 +173,7 @@ def check_paired_stores(labels: LabelStore, embeddings: LabelStore) -> None:
         if len(wrong):
             raise DataMismatchError(f"--store and --embed-store disagree on the {name.replace('_', ' ')} of {len(wrong)} images "
                                     f"(e.g. {_examples([ids[0][i] for i in wrong])})")
-    prints = (_fingerprints(labels), _fingerprints(embeddings))
+    prints = (labels.fingerprints, embeddings.fingerprints)
     if prints[0] is not None and prints[1] is not None:
         wrong = np.flatnonzero(prints[0] != prints[1])
         if len(wrong):
@@ -183,11 +184,3 @@ def check_paired_stores(labels: LabelStore, embeddings: LabelStore) -> None:
         if not (np.array_equal(a.boxes_fixed, b.boxes_fixed) and np.array_equal(a.flips, b.flips)):
             raise DataMismatchError(f"{a.image_id}: --store and --embed-store hold other boxes or flips for this image: make both from the same "
                                     "images with the same crop settings and seed")
-
-
-def _fingerprints(store: LabelStore) -> "np.ndarray | None":
-    """Every image's fingerprint (None: the store records none), read from the shards' index
-    columns like labels and sizes, without decoding a record."""
-    if store.meta.image_fingerprint != "crc32":
-        return None
-    return store._column("fingerprints", np.zeros((), dtype=np.int64))  # LabelStore has no public fingerprint column yet

@@ -1,4 +1,4 @@
-"""The names of the FKD label quantization schemes (``fkd.quantize`` implements them), apart from
+"""The names of the FKD label quantization schemes (``fkd.payload.quantize`` implements them), apart from
 the codecs so that command lines can list the choices without importing torch."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Label generation only needs "crop pixels in, class probabilities out". ``Teacher`` hides
 everything else: each member's own normalization (timm's data config per model), temperature,
-ensemble averaging, arithmetic precision (``fkd.precision``: fp32 unless asked) and channels_last on
+ensemble averaging, arithmetic precision (``fkd.teacher.precision``: fp32 unless asked) and channels_last on
 CUDA. Callers feed float crops in [0, 1] at
 ``teacher.data_config.input_size`` and get probabilities; ``describe()`` records what produced
 them (names, checkpoint sha256, sizes, normalization) in the label store.
@@ -24,13 +24,10 @@ import torch
 from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_model_data_config
 from torch import nn
 
+from .errors import TeacherError
 from .precision import DEFAULT_PRECISION, check_precision, teacher_precision
 from .pretrained import create_timm_model
-from .store.writer import file_sha256
-
-
-class TeacherError(ValueError):
-    """A teacher that cannot be built as asked (bad name, spec, checkpoint or class count)."""
+from ..store.integrity import file_sha256
 
 
 @dataclass(frozen=True)
@@ -115,7 +112,7 @@ class Teacher(nn.Module):
         return super().train(False)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Checked crops on the teacher's device, in its memory format (also for fkd.features)."""
+        """Checked crops on the teacher's device, in its memory format (also for fkd.teacher.features)."""
         h, w = self.data_config.input_size
         if x.ndim != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != (h, w):
             raise ValueError(f"teacher input must be (B, 3, {h}, {w}), got {tuple(x.shape)}")

@@ -2,9 +2,9 @@
 
 An ``ImageList`` is the ordered images of a run (position i = image i of the label store); its
 ``source`` says where each image's bytes are (``FolderSource``: files under a root;
-``fkd.tars.TarSource``: members of tar shards), as small picklable ``ImageLocation`` references that
-Ray and DataLoader workers read with ``os.pread``. Listing lives in ``fkd.images`` (folders, list
-files) and ``fkd.tars`` (shards); decoding in ``fkd.images``.
+``fkd.data.tars.TarSource``: members of tar shards), as small picklable ``ImageLocation`` references that
+Ray and DataLoader workers read with ``os.pread``. Listing lives in ``fkd.data.images`` (folders, list
+files) and ``fkd.data.tars`` (shards); decoding in ``fkd.data.images``.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class FolderSource:
 
 
 class ImageSource(Protocol):
-    """Where a listing's images are read from (``FolderSource``, ``fkd.tars.TarSource``): the one
+    """Where a listing's images are read from (``FolderSource``, ``fkd.data.tars.TarSource``): the one
     seam through which labelgen, training and ``fkd-labels show`` read image bytes."""
 
     def locate(self, image_id: str) -> ImageLocation: ...

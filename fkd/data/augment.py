@@ -26,7 +26,7 @@ from timm.data.random_erasing import RandomErasing
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from .errors import SetupError
+from .errors import ReplayError
 
 PHOTOMETRIC_OPS: tuple[str, ...] = (
     "AutoContrast", "Equalize", "Invert", "Posterize", "Solarize", "SolarizeAdd", "Color", "Contrast", "Brightness", "Sharpness",
@@ -60,16 +60,16 @@ def build_crop_augment(color_jitter: float = 0.0, randaugment: "str | None" = No
 
     ``color_jitter``: brightness/contrast/saturation strength (0 disables; hue is left alone).
     ``randaugment``: a timm RandAugment string such as 'rand-m9-mstd0.5' applied with the
-    photometric ops only (SetupError unless it starts with 'rand'; timm ignores unknown fields).
+    photometric ops only (ReplayError unless it starts with 'rand'; timm ignores unknown fields).
     """
     steps: list[CropAugment] = []
     if color_jitter < 0:
-        raise SetupError(f"--color-jitter must be >= 0, got {color_jitter}")
+        raise ReplayError(f"--color-jitter must be >= 0, got {color_jitter}")
     if color_jitter > 0:
         steps.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
     if randaugment:
         if not randaugment.startswith("rand"):
-            raise SetupError(f"--randaugment must be a timm RandAugment string like 'rand-m9-mstd0.5', got {randaugment!r}")
+            raise ReplayError(f"--randaugment must be a timm RandAugment string like 'rand-m9-mstd0.5', got {randaugment!r}")
         ra = rand_augment_transform(randaugment, {}, transforms=list(PHOTOMETRIC_OPS))
         steps.append(lambda img: TF.pil_to_tensor(ra(TF.to_pil_image(img))))
     if not steps:

@@ -59,7 +59,7 @@ def check_fingerprint(path: "str | os.PathLike | ImageLocation", found: int, exp
 
 def list_images(data: str | os.PathLike, root: str | os.PathLike | None = None) -> ImageList:
     """List the images of ``data``: an ImageFolder directory, a CSV/TXT list file, or tar shards
-    (``fkd.tars``: a ``.tar`` path, a brace pattern ``train-{0000..0099}.tar``, a list of shards).
+    (``fkd.data.tars``: a ``.tar`` path, a brace pattern ``train-{0000..0099}.tar``, a list of shards).
 
     ImageFolder: sorted class subfolders give labels 0..K-1 (torchvision's rule); image files with
     torchvision's extensions are searched recursively in each class folder; hidden folders are
@@ -96,7 +96,7 @@ def _scan_image_folder(root: Path) -> ImageList:
 
 def _loops_back(folder: Path, child: str) -> bool:
     """Whether ``folder/child`` leads (through a link) back to ``folder`` or one of its parents: such
-    a link is not followed, so a loop is listed once, as the tar listing (``fkd.tars``) lists it."""
+    a link is not followed, so a loop is listed once, as the tar listing (``fkd.data.tars``) lists it."""
     target, here = os.path.realpath(folder / child), os.path.realpath(folder)
     return here == target or here.startswith(target.rstrip(os.sep) + os.sep)
 

@@ -2,7 +2,7 @@
 
 ``fkd-labelgen --target embedding`` stores them per crop; ``fkd-train``'s online feature
 distillation computes them every step. Both go through ``create_feature_extractor`` (one model) or
-``TeacherFeatures`` (a ``fkd.teachers.Teacher``: its members' own normalization and precision,
+``TeacherFeatures`` (a ``fkd.teacher.teachers.Teacher``: its members' own normalization and precision,
 members concatenated), so a stored embedding and an online one are the same function of the crop.
 
 Sources (``source``):

@@ -1,0 +1,153 @@
+"""Multi-crop training data: decode each image once, cut n crops from it, flatten B images to B*n samples.
+
+FKD's speed comes from here: the teacher's work is in the store, and one JPEG decode feeds n crops
+(which ones: ``fkd.data.plan``). Batches stay uint8 on the host (4x less to copy and pin);
+``CropBatch.to`` moves them to the device, where normalization, target decoding and mixup happen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+from .augment import CropAugment, seeded_rngs
+from .crops import parse_interpolation, replay_fixed
+from .images import check_fingerprint, read_image
+from .plan import PAYLOAD_FIELDS, CropPlan, CropPlanner, derived_seed
+from .sources import FolderSource, ImageSource
+
+
+@dataclass
+class CropTargets:
+    """What an image's sample carries besides pixels (``MultiCropDataset.targets``): the payload of
+    its n crops (n, ...) or None, label, store index and crop ids; shared by the cut and uncut samples."""
+
+    indices: "torch.Tensor | None"
+    values: "torch.Tensor | None"
+    label: int
+    index: int
+    crop_ids: torch.Tensor
+    embedding: "torch.Tensor | None" = None
+    scales: "torch.Tensor | None" = None
+
+
+@dataclass
+class CropSample(CropTargets):
+    """One image's n crops: uint8 pixels (n, 3, s, s) and their targets."""
+
+    images: torch.Tensor = field(kw_only=True)
+
+
+class MultiCropDataset(Dataset):
+    """Indexed by (epoch, image index) pairs from ``EpochSampler``; decodes the image once and
+    replays the planned crops at ``size`` with ``interpolation``, then applies ``augment`` per crop."""
+
+    def __init__(
+        self,
+        source: "Path | ImageSource",
+        planner: CropPlanner,
+        size: int,
+        interpolation: str,
+        augment: "CropAugment | None" = None,
+        seed: int = 0,
+    ):
+        self.source = FolderSource(Path(source)) if isinstance(source, (str, Path)) else source
+        self.planner = planner
+        self.size = size
+        self.interpolation = parse_interpolation(interpolation)
+        self.augment = augment
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.planner.image_ids)
+
+    def __getitem__(self, key: "tuple[int, int]") -> CropSample:
+        epoch, index = key
+        image, plan = self.decode(epoch, index)
+        crops = replay_fixed(image, plan.boxes_fixed, plan.flips, self.size, self.interpolation)
+        if self.augment is not None:
+            with seeded_rngs(derived_seed(self.seed, epoch, index, 1)):
+                crops = torch.stack([self.augment(c) for c in crops])
+        return CropSample(images=crops, **self.targets(plan, index))
+
+    def decode(self, epoch: int, index: int) -> tuple[torch.Tensor, CropPlan]:
+        """The decoded image (its fingerprint checked against the plan's) and its crops this epoch."""
+        location = self.source.locate(self.planner.image_ids[index])
+        loaded = read_image(location)
+        height, width = loaded.pixels.shape[-2:]
+        plan = self.planner.plan(index, epoch, height, width)
+        check_fingerprint(location, loaded.fingerprint, plan.fingerprint)
+        return loaded.pixels, plan
+
+    def targets(self, plan: CropPlan, index: int) -> dict[str, Any]:
+        """What a sample carries besides pixels: stored payload rows (``indices`` as int32, torch
+        having no uint16 arithmetic; the others as stored), label, image and crop ids."""
+        return {
+            **{name: _payload_tensor(name, getattr(plan, name)) for name in PAYLOAD_FIELDS},
+            "label": int(self.planner.labels[index]),
+            "index": index,
+            "crop_ids": torch.from_numpy(np.asarray(plan.crop_ids, dtype=np.int64)),
+        }
+
+
+def _payload_tensor(name: str, array: "np.ndarray | None") -> "torch.Tensor | None":
+    if array is None:
+        return None
+    return torch.from_numpy(array.astype(np.int32) if name == "indices" else np.ascontiguousarray(array))
+
+
+@dataclass
+class CropBatch:
+    """B images x n crops flattened to B*n samples; labels repeat per crop, ``image_index`` is per image."""
+
+    images: torch.Tensor
+    indices: "torch.Tensor | None"
+    values: "torch.Tensor | None"
+    labels: torch.Tensor
+    image_index: torch.Tensor
+    crop_ids: torch.Tensor
+    embedding: "torch.Tensor | None" = None
+    scales: "torch.Tensor | None" = None
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def _map(self, fn) -> "CropBatch":
+        return CropBatch(**{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name)) for f in fields(self)})
+
+    def pin_memory(self) -> "CropBatch":
+        """Called by DataLoader(pin_memory=True) for custom batch types."""
+        return self._map(lambda t: t.pin_memory())
+
+    def to(self, device: torch.device) -> "CropBatch":
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+
+def collate_crops(samples: list[CropSample]) -> CropBatch:
+    return CropBatch(images=torch.cat([s.images for s in samples]), **collate_targets(samples))
+
+
+def collate_targets(samples: "Sequence[Any]") -> dict[str, "torch.Tensor | None"]:
+    """The non-pixel fields of a batch from samples carrying ``MultiCropDataset.targets``: payload
+    rows and crop ids concatenated, labels repeated per crop."""
+    n = [len(s.crop_ids) for s in samples]
+    return {
+        **{name: None if getattr(samples[0], name) is None else torch.cat([getattr(s, name) for s in samples]) for name in PAYLOAD_FIELDS},
+        "labels": torch.repeat_interleave(torch.tensor([s.label for s in samples], dtype=torch.int64), torch.tensor(n)),
+        "image_index": torch.tensor([s.index for s in samples], dtype=torch.int64),
+        "crop_ids": torch.cat([s.crop_ids for s in samples]),
+    }
+
+
+class EpochSampler(DistributedSampler):
+    """torch's DistributedSampler (shuffled by seed + epoch, split into disjoint per-rank parts,
+    padded to equal length) yielding (epoch, index) so datasets in any worker know the epoch."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        return ((self.epoch, int(i)) for i in super().__iter__())

@@ -1,0 +1,1 @@
+"""Teachers: creating timm / checkpoint / module teachers, their precision, options and feature sources."""
