@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.accuracy.bench_accuracy import COLUMNS as ACCURACY_COLUMNS  # noqa: E402
 from benchmarks.accuracy.bench_fd import describe as describe_fd  # noqa: E402
 from benchmarks.accuracy.bench_scale import COLUMNS as SCALE_COLUMNS  # noqa: E402
-from benchmarks.accuracy.bench_vit import COLUMNS as VIT_COLUMNS, verdict  # noqa: E402
+from benchmarks.accuracy.bench_vit import COLUMNS as VIT_COLUMNS  # noqa: E402
+from benchmarks.accuracy.bench_vit import verdict
 from benchmarks.common import BENCH_DIR, markdown_table  # noqa: E402
 from benchmarks.speed.bench_labelgen import COLUMNS as LABELGEN_COLUMNS  # noqa: E402
 from benchmarks.speed.bench_train_speed import COLUMNS as SPEED_COLUMNS  # noqa: E402

@@ -11,7 +11,7 @@ import argparse
 import difflib
 import enum
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,10 +111,11 @@ def _convert(parser: argparse.ArgumentParser, action: argparse.Action, value: An
     return converted if isinstance(value, list) else converted[0]
 
 
-def save_args(args: argparse.Namespace, path: str | os.PathLike) -> None:
-    """Write the resolved arguments as YAML (reloadable with ``-c``)."""
+def save_args(values: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Write resolved option values, keyed by the parser's destinations (``vars(namespace)``, or a
+    typed config flattened back), as YAML reloadable with ``-c``."""
     with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump({k: _plain(v) for k, v in vars(args).items()}, f, sort_keys=False)
+        yaml.safe_dump({k: _plain(v) for k, v in values.items()}, f, sort_keys=False)
 
 
 def _plain(value: Any) -> Any:

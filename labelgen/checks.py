@@ -11,13 +11,13 @@ one of other classes): it keeps the data's own classes as ground truth.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
 from fkd.data.classes import ClassSpaceError, apply_class_map, check_class_space, read_class_map, store_class_names
-from fkd.teacher.features import FeatureSourceError, check_factory_architecture, check_timm_architecture
 from fkd.data.images import ImageList, list_images
+from fkd.teacher.features import FeatureSourceError, check_factory_architecture, check_timm_architecture
+from fkd.teacher.options import TeacherSpec
 from fkd.teacher.teachers import TeacherError, check_teacher_spec
 
 from .errors import InputError
@@ -25,7 +25,7 @@ from .messages import EmbeddingSettings, LabelSettings, TeacherInfo
 
 
 def check_inputs(
-    data: str, out: Path, teacher_args: argparse.Namespace, class_map: "Path | None", embedding: "EmbeddingSettings | None" = None
+    data: str, out: Path, teacher: TeacherSpec, class_map: "Path | None", embedding: "EmbeddingSettings | None" = None
 ) -> ImageList:
     """Everything that can be checked before Ray starts: the data listing (returned), the output
     directory, the teacher's names, files and modules, the class map file, the embedding source."""
@@ -35,31 +35,31 @@ def check_inputs(
         raise InputError(str(exc)) from None
     check_writable(out)
     try:
-        check_teacher_spec(teacher_args.teacher or [], teacher_args.checkpoint, teacher_args.teacher_module)
+        check_teacher_spec(teacher.names, teacher.checkpoints, teacher.module)
     except (TeacherError, FileNotFoundError) as exc:
         raise InputError(f"teacher: {exc}") from None
     if class_map is not None and not class_map.is_file():
         raise InputError(f"--class-map {class_map}: no such file")
     if embedding is not None:
-        check_embedding(embedding, images, teacher_args)
+        check_embedding(embedding, images, teacher)
     return images
 
 
-def check_embedding(settings: EmbeddingSettings, images: ImageList, teacher_args: argparse.Namespace) -> None:
+def check_embedding(settings: EmbeddingSettings, images: ImageList, teacher: TeacherSpec) -> None:
     """The data must name at least 2 classes (the store's ground truth, in the data's own space;
     the format's minimum), and every teacher must give a vector at the feature source (its
     architecture on the meta device: timm's without weights, a factory's as the workers call it)."""
     if len(images.class_names) < 2:
         raise InputError(f"--target embedding keeps the data's own classes as ground truth and a store needs at least 2; "
                          f"--data {images.root} has {len(images.class_names)} (unlabeled, or one class)")
-    side = getattr(teacher_args, "input_size", None)  # fkd-labelgen's --input-size, which teacher_from_args reads too
+    side = teacher.input_size  # fkd-labelgen's --input-size
     size = (side, side) if side else None
     try:
-        for name in teacher_args.teacher or []:
-            check_timm_architecture(name, settings.source, teacher_args.num_classes, size)
-        if teacher_args.teacher_module:  # the last member: its checkpoint, if any, is the last one
-            checkpoint = (teacher_args.checkpoint or [None])[-1]
-            check_factory_architecture(teacher_args.teacher_module, settings.source, checkpoint, teacher_args.num_classes, size)
+        for name in teacher.names:
+            check_timm_architecture(name, settings.source, teacher.num_classes, size)
+        if teacher.module:  # the last member: its checkpoint, if any, is the last one
+            checkpoint = (teacher.checkpoints or [None])[-1]
+            check_factory_architecture(teacher.module, settings.source, checkpoint, teacher.num_classes, size)
     except FeatureSourceError as exc:
         raise InputError(f"--embedding-from: {exc}") from None
 

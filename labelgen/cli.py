@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from fkd.config import add_config_arg, parse_args_with_config
 from fkd.payload.embedding_spec import EMBEDDING_DTYPES, NORMALIZATIONS
 from fkd.payload.schemes import SCHEMES
-from fkd.teacher.options import add_teacher_args
+from fkd.teacher.options import TeacherSpec, add_teacher_args
 
 if TYPE_CHECKING:
     from .driver import RunConfig
@@ -157,7 +157,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     return RunConfig(
         data=args.data,
         out=Path(args.out),
-        teacher_args=args,
+        teacher=TeacherSpec.from_namespace(args),
         labels=LabelSettings(scheme, top_k, args.crops, args.seed, crop_params, args.shard_size, embedding),
         batch_size=args.batch_size,
         threads=args.threads,

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from fkd.config import save_args
 from fkd.store import Manifest, StoreMeta, StoreMismatchError, open_for_writing, remove_store, shard_file_problem, store_lock, write_shard
+from fkd.teacher.options import TeacherSpec
 
 from .checks import check_inputs, class_space
 from .errors import BadImage, BadImagesError, InputError
@@ -48,7 +49,7 @@ class RunConfig:
 
     data: str
     out: Path
-    teacher_args: argparse.Namespace
+    teacher: TeacherSpec
     labels: LabelSettings
     batch_size: int = 256
     threads: int = 1
@@ -149,11 +150,11 @@ def resolve_sizing(workers: "int | None", cpus: "float | None", gpus: "float | N
 def run(config: RunConfig, log: Callable[[str], None] = _stderr) -> Summary:
     """Generate (or finish) the label store ``config.out``."""
     started = time.perf_counter()
-    listing = check_inputs(config.data, config.out, config.teacher_args, config.class_map, config.labels.embedding)
+    listing = check_inputs(config.data, config.out, config.teacher, config.class_map, config.labels.embedding)
     with ray_session(config.ray_address):
         sizing = resolve_sizing(config.workers, config.cpus_per_worker, config.gpus_per_worker, config.device)
         worker_config = WorkerConfig(
-            config.teacher_args, config.labels, config.batch_size, threads=config.threads,
+            config.teacher, config.labels, config.batch_size, threads=config.threads,
             decode_threads=max(1, int(sizing.cpus_per_worker)), device=config.device,
         )
         log(f"fkd-labelgen: {len(listing)} images; starting {sizing.workers} worker(s) with {sizing.cpus_per_worker:g} CPUs, "
@@ -174,7 +175,7 @@ def run(config: RunConfig, log: Callable[[str], None] = _stderr) -> Summary:
                 manifest = open_store(config, store_meta(config.labels, teacher, listing, kept, bad, class_map))
                 if config.args is not None:
                     # Never --overwrite from a saved file: `-c labelgen-args.yaml` must resume, not delete.
-                    save_args(argparse.Namespace(**{**vars(config.args), "overwrite": False}), config.out / ARGS_FILE)
+                    save_args({**vars(config.args), "overwrite": False}, config.out / ARGS_FILE)
                 drop_damaged_shards(manifest, config.out, log)
                 tasks = pending_shards(manifest, kept)
                 log(f"fkd-labelgen: teacher on {teacher.device}, input {teacher.input_size}; "

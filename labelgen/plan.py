@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from fkd.data.classes import store_class_names
-from fkd.payload.embedding_spec import EmbeddingSpec
 from fkd.data.images import ImageList
+from fkd.payload.embedding_spec import EmbeddingSpec
 from fkd.store import MANIFEST_NAME, Manifest, RecordLayout, StoreError, StoreMeta, new_meta
 
 from .errors import BadImage

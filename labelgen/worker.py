@@ -17,7 +17,6 @@ The class is plain Python (tests drive it directly); ``labelgen.pool`` runs it a
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import time
@@ -33,7 +32,7 @@ import torch
 from fkd.data.crops import boxes_to_fixed, replay_fixed, sample_crops
 from fkd.data.images import BadImageError, LoadedImage, read_image
 from fkd.store import ShardData, compress_records
-from fkd.teacher.teachers import teacher_from_args
+from fkd.teacher.options import TeacherSpec
 
 from .errors import BadImage
 from .messages import ImageRef, LabelSettings, ShardOutcome, ShardTask, TeacherInfo
@@ -53,7 +52,7 @@ R = TypeVar("R")
 class WorkerConfig:
     """Everything a worker needs; identical for every worker of a run."""
 
-    teacher_args: argparse.Namespace  # the options of fkd.teacher.options.add_teacher_args (+ input_size)
+    teacher: TeacherSpec
     labels: LabelSettings
     batch_size: int
     threads: int = 1  # torch intra-op threads of the teacher (part of what makes labels bitwise repeatable)
@@ -89,7 +88,7 @@ class LabelWorker:
         self.config = config
         torch.set_num_threads(max(1, config.threads))
         self.device = resolve_device(config.device)
-        self.teacher = teacher_from_args(config.teacher_args, self.device).eval()
+        self.teacher = config.teacher.create(self.device).eval()
         self.target: BatchTarget = batch_target(self.teacher, config.labels)
         self.input_size = tuple(self.teacher.data_config.input_size)
         self.interpolation = self.teacher.data_config.interpolation

@@ -15,9 +15,8 @@ import pytest
 from PIL import Image
 
 from fkd.data import crops
-
-from fkd.payload import quantize
 from fkd.data.images import list_images, load_image
+from fkd.payload import quantize
 from fkd.store import LabelStore, Manifest, ShardData, compress_records, new_meta, open_for_writing, write_shard
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,16 +3,18 @@ the README renderer (benchmarks/). The benchmarks themselves are timed runs, not
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from benchmarks import common, report
-from benchmarks.accuracy.bench_accuracy import ABLATION_CROPS, Run, claims, schedule
+from benchmarks.accuracy.bench_accuracy import claims
+from benchmarks.accuracy.toolkit import ABLATION_CROPS, Run, schedule
 from benchmarks.fkd_official import official_coords, official_labels, read_official, write_official
-from fkd.payload import quantize
 from fkd.data.crops import boxes_to_fixed
+from fkd.payload import quantize
 from fkd.payload.schemes import SCHEMES
 
 from conftest import make_image_folder
@@ -117,6 +119,18 @@ def test_result_paths_keep_quick_and_full_apart():
     assert common.result_path("/b/storage/bench_storage.py", True, "storage", ".png") == Path("/b/storage/storage-quick.png")
 
 
+def test_accuracy_blocks_import_the_toolkit_not_the_entry_point_that_runs_them():
+    """bench_accuracy.py dispatches to the --scale, --vit and --fd blocks: a block (or the toolkit)
+    that imported it back would close an import circle."""
+    imports = {}
+    for path in (Path(common.__file__).parent / "accuracy").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imports[path.stem] = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert "benchmarks.accuracy.toolkit" in imports["bench_scale"] & imports["bench_vit"] & imports["bench_fd"] & imports["bench_accuracy"]
+    assert not any("benchmarks.accuracy.bench_accuracy" in found for found in imports.values())
+    assert not {m for m in imports["toolkit"] if m.startswith("benchmarks.accuracy")}
+
+
 def test_report_marks_missing_results_and_is_idempotent(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(report, "BENCH_DIR", tmp_path)
     text = "".join(f"intro\n<!-- {name}:begin -->\nold figures\n<!-- {name}:end -->\n" for name in report.BLOCKS)
@@ -135,7 +149,7 @@ import argparse  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 
-from benchmarks.accuracy import bench_accuracy, bench_vit  # noqa: E402
+from benchmarks.accuracy import bench_vit, toolkit  # noqa: E402
 from benchmarks.speed import bench_train_speed  # noqa: E402
 
 
@@ -151,20 +165,20 @@ def _argvs(monkeypatch, tmp_path: Path, runs: list, images: int) -> dict[str, li
         captured[Path(argv[argv.index("--output") + 1]).name] = list(argv[1:])
         raise _Stop
 
-    monkeypatch.setattr(bench_accuracy, "run_logged", capture)
-    monkeypatch.setattr(bench_accuracy, "converted_store", lambda setting, scheme, k: Path(f"/stores/{scheme}-k{k}"))
-    monkeypatch.setattr(bench_accuracy, "list_images", lambda data: range(images))
+    monkeypatch.setattr(toolkit, "run_logged", capture)
+    monkeypatch.setattr(toolkit, "converted_store", lambda setting, scheme, k: Path(f"/stores/{scheme}-k{k}"))
+    monkeypatch.setattr(toolkit, "list_images", lambda data: range(images))
     args = argparse.Namespace(samples_per_step=128, epoch_unit=1, threads=1)
     for run in runs:
         with pytest.raises(_Stop):
-            bench_accuracy.train(run, args, common.LabelSetting(128, 32), Path("/data"), Path("/test"), tmp_path)
+            toolkit.train(run, args, common.LabelSetting(128, 32), Path("/data"), Path("/test"), tmp_path)
     return captured
 
 
 def test_cnn_runs_keep_their_argv_and_vit_rows_add_their_flags(monkeypatch, tmp_path: Path):
     """Finished runs are cached by argv: the CNN runs' argv must not move when the ViT block's
     options are added; the ViT rows get their recipe, flags, distillation options and epochs."""
-    recipe = str(bench_accuracy.RECIPE)
+    recipe = str(toolkit.RECIPE)
     vit_runs = [run for run, _, _ in bench_vit.vit_rows("/stores/full", 1)]
     argv = _argvs(monkeypatch, tmp_path, [Run("online-kd", None, 0, 4, 1), Run("fkd", "full", 10, 2, 0, gt_weight=0.3), *vit_runs], 1280)
     head = ["--data", "/data", "--val-data", "/test", "--output"]
@@ -204,13 +218,13 @@ def test_a_finished_run_is_reused_only_while_its_recipe_is_unchanged(monkeypatch
     argv = ["fkd-train", *_argvs(monkeypatch, tmp_path, [run], 1280)["fkd-full-n4-seed0"]]
     done = tmp_path / "fkd-full-n4-seed0" / "benchmark.json"
     args = argparse.Namespace(samples_per_step=128, epoch_unit=1, threads=1)
-    monkeypatch.setattr(bench_accuracy, "script", lambda name: name)
+    monkeypatch.setattr(toolkit, "script", lambda name: name)
 
     def reused(record: dict) -> bool:
         done.parent.mkdir(exist_ok=True)
         done.write_text(json.dumps({"argv": argv, "result": {"top1": 50.0}, **record}))
         try:
-            return bench_accuracy.train(run, args, common.LabelSetting(128, 32), Path("/data"), Path("/test"), tmp_path)["reused"]
+            return toolkit.train(run, args, common.LabelSetting(128, 32), Path("/data"), Path("/test"), tmp_path)["reused"]
         except _Stop:  # run_logged was called: the run would be trained again
             return False
 
@@ -320,7 +334,7 @@ def test_fd_rows_share_steps_and_differ_only_in_their_targets(monkeypatch, tmp_p
     head = ["--epochs", "2", "--batch-size", "32", "--crops-per-image", "4"]
     embed = ["--embed-loss", "smooth-l1", "--projector", "linear"]
     labels = ["--store", "/stores/marginal-smoothing-k5", "--stored-crops", "cycle"]
-    assert all(a[:4] == ["-c", str(bench_accuracy.RECIPE), "--mode", run.mode] and a[12:18] == head for run, a in zip(runs, argv.values()))
+    assert all(a[:4] == ["-c", str(toolkit.RECIPE), "--mode", run.mode] and a[12:18] == head for run, a in zip(runs, argv.values()))
     assert argv["supervised-n4-seed0"][18:] == []
     assert argv["fkd-labels-n4-seed0"][18:] == labels
     assert argv["fkd-embedding-gt0.3-n4-seed0"][18:] == ["--embed-store", "/emb", *embed, "--gt-weight", "0.3"]

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-from conftest import write_random_store
 
 from benchmarks import common
 from benchmarks.fkd_official import official_labels, read_official
@@ -17,6 +16,8 @@ from benchmarks.storage.compression import measure, record_layout, synthetic_pro
 from fkd.payload import quantize
 from fkd.payload.schemes import SCHEMES
 from fkd.store import new_meta
+
+from conftest import write_random_store
 
 
 def test_benchmark_layouts_are_the_stores() -> None:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_image_folder
 from fkd.data.classes import ClassSpaceError, apply_class_map, check_class_space, read_class_map, store_class_names
 from fkd.data.images import ImageEntry, ImageList, list_images
+
+from conftest import make_image_folder
 
 CIFAR = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

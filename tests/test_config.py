@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from fkd.config import parse_args_with_config, save_args
+from fkd.teacher.options import TeacherSpec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,7 +109,7 @@ def test_empty_config_changes_nothing(tmp_path: Path) -> None:
 def test_save_args_round_trips_through_config(tmp_path: Path) -> None:
     args = parse_args_with_config(make_parser(), ["--data", "/d", "--lr", "0.25", "--teacher", "a", "--no-amp"])
     saved = tmp_path / "args.yaml"
-    save_args(args, saved)
+    save_args(vars(args), saved)
 
     assert yaml.safe_load(saved.read_text()) == {
         "data": "/d", "lr": 0.25, "epochs": 10, "teacher": ["a"], "out_dir": "runs", "model": "resnet18", "amp": False,
@@ -130,8 +131,7 @@ def test_imagenet_regnety160_recipe_parses_with_fkd_labelgen() -> None:
     parser = build_parser()
     argv = ["-c", str(REPO / "configs" / "labelgen-imagenet-regnety160.yaml"), "--data", "D", "--out", "S"]
     config = config_from_args(parse_args_with_config(parser, argv), parser)
-    teacher = config.teacher_args
-    assert (teacher.teacher, teacher.pretrained, teacher.temperature, teacher.teacher_precision) == (["regnety_160"], True, 1.0, "fp32")
+    assert config.teacher == TeacherSpec(names=("regnety_160",), pretrained=True, temperature=1.0, precision="fp32")
     labels = config.labels
     assert (labels.scheme, labels.top_k, labels.num_crops, labels.seed, labels.shard_size) == ("marginal-smoothing", 5, 500, 0, 1000)
     assert (labels.crop_params.scale, labels.crop_params.ratio, labels.crop_params.flip_prob) == ((0.08, 0.936), (3 / 4, 4 / 3), 0.5)

@@ -9,18 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_folder, write_random_store
 from torch.utils.data import DataLoader
 
-from fkd.data.crops import boxes_to_fixed, fixed_to_boxes, replay_fixed, sample_crops
-from fkd.data.images import list_images, read_image
-from fkd.store import LabelStore
 from fkd.data.augment import build_crop_augment
-from train.cli import main
-from fkd.data.multicrop import CropBatch, EpochSampler, MultiCropDataset, collate_crops
-from fkd.data.plan import StoreCropPlanner
+from fkd.data.crops import boxes_to_fixed, fixed_to_boxes, replay_fixed, sample_crops
 from fkd.data.device_replay import DecodeOnlyDataset, UncutBatch, collate_uncut, cut_crops, training_dataset
 from fkd.data.errors import ReplayError
+from fkd.data.images import list_images, read_image
+from fkd.data.multicrop import CropBatch, EpochSampler, MultiCropDataset, collate_crops
+from fkd.data.plan import StoreCropPlanner
+from fkd.store import LabelStore
+from train.cli import main
+
+from conftest import make_image_folder, write_random_store
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

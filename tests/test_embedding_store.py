@@ -11,20 +11,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_folder, write_random_embedding_store, write_random_store
 from PIL import Image
 
 from fkd.data.crops import fixed_to_boxes
-from fkd.payload.embedding_codec import decode, encode, normalize
-from fkd.payload.embedding_spec import EmbeddingSpec
 from fkd.data.images import list_images, load_image
 from fkd.labels.builder import prepare_output, write_store
 from fkd.labels.cli import main
 from fkd.labels.show import draw_embedding
 from fkd.labels.verify import verify_store
+from fkd.payload.embedding_codec import decode, encode, normalize
+from fkd.payload.embedding_spec import EmbeddingSpec
 from fkd.payload.quantize import Payload
 from fkd.store import EmbeddingLayout, LabelStore, RecordLayout, StoreFormatError, StorePayloadError, copy_meta
 from train.cli import main as train_main
+
+from conftest import make_image_folder, write_random_embedding_store, write_random_store
 
 D = 32
 

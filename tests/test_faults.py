@@ -21,13 +21,14 @@ import pytest
 import ray
 import timm
 import torch
-from conftest import REPO, make_image_folder
 
+from fkd.data.multicrop import MultiCropDataset
+from fkd.data.plan import StoreCropPlanner
 from fkd.labels.cli import main as labels_main
 from fkd.store import LabelStore, Manifest, StoreCorruptError, StoreIncompleteError
 from labelgen.cli import main as labelgen_main
-from fkd.data.multicrop import MultiCropDataset
-from fkd.data.plan import StoreCropPlanner
+
+from conftest import REPO, make_image_folder
 
 SHARDS = 6  # 12 images, 2 per shard
 

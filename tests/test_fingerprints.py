@@ -14,15 +14,16 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from conftest import make_image_folder, write_random_store
+from fkd.data.checks import SIZE_CHECK_IMAGES, check_store_matches_data
 from fkd.data.images import ImageMismatchError, list_images, read_image
+from fkd.data.multicrop import MultiCropDataset
+from fkd.data.plan import StoreCropPlanner
 from fkd.labels.cli import main as labels_main
 from fkd.labels.convert import convert_store
 from fkd.store import LabelStore
 from train.cli import main as train_main
-from fkd.data.multicrop import MultiCropDataset
-from fkd.data.plan import StoreCropPlanner
-from fkd.data.checks import SIZE_CHECK_IMAGES, check_store_matches_data
+
+from conftest import make_image_folder, write_random_store
 
 
 def labelled_folder(root: Path, fingerprints: bool = True, classes: int = 3, per_class: int = 3, **folder) -> tuple[Path, Path]:

@@ -31,13 +31,14 @@ import h5py
 import numpy as np
 import pytest
 import zstandard
-from conftest import write_random_store
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from fkd.labels.verify import verify_store
 from fkd.store import LabelStore, StoreCorruptError, StoreError, StoreFormatError
 from fkd.store.integrity import file_sha256
+
+from conftest import write_random_store
 
 SHARD = "shard-00000.h5"
 ROWS = 3  # images in shard 0

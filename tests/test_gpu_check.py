@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_image_folder
 from fkd.data.images import BadImageError, ImageEntry, ImageList, list_images, load_image
+
+from conftest import make_image_folder
 
 # ---------------------------------------------------------------------------------------------
 # ImageFolder

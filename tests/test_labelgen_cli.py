@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_image_folder
 from fkd.config import parse_args_with_config
+from fkd.teacher.options import TeacherSpec
 from labelgen.cli import build_parser, config_from_args
 from labelgen.driver import Summary
+
+from conftest import make_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,7 +24,7 @@ def resolve(*argv: str):
 def test_the_issue_command_works_as_written_with_fkd_defaults():
     config = resolve("--teacher", "regnety_160", "--crops", "200", "--data", "DATA", "--out", "STORE")
     assert (config.data, config.out) == ("DATA", Path("STORE"))
-    assert config.teacher_args.teacher == ["regnety_160"] and config.teacher_args.pretrained is True
+    assert config.teacher == TeacherSpec(names=("regnety_160",), pretrained=True)
     labels = config.labels
     assert (labels.scheme, labels.top_k, labels.num_crops, labels.seed, labels.shard_size) == ("marginal-smoothing", 5, 200, 0, 1000)
     assert (labels.crop_params.scale, labels.crop_params.ratio) == ((0.08, 1.0), (3 / 4, 4 / 3))
@@ -46,7 +48,7 @@ def test_config_file_gives_defaults_and_flags_override(tmp_path):
     config_file.write_text("scheme: hardening\ncrops: 50\ncrop-scale: [0.08, 0.936]\ndata: /data/train\nteacher: [a, b]\n")
     config = resolve("-c", str(config_file), "--crops", "10", "--out", "STORE")
     assert (config.labels.scheme, config.labels.num_crops, config.labels.crop_params.scale) == ("hardening", 10, (0.08, 0.936))
-    assert config.data == "/data/train" and config.teacher_args.teacher == ["a", "b"]
+    assert config.data == "/data/train" and config.teacher.names == ("a", "b")
 
 
 @pytest.mark.parametrize(
@@ -70,7 +72,7 @@ def test_bad_options_exit_2_with_a_message(flags, message, capsys):
 
 def test_shipped_cifar10_recipe_parses():  # the ImageNet recipe: test_config.py
     cifar = resolve("-c", str(REPO / "configs" / "labelgen-cifar10.yaml"), "--data", "D", "--out", "S")
-    assert cifar.teacher_args.teacher_module == "fkd.zoo.keras_cifar10:create_model" and cifar.teacher_args.teacher is None
+    assert cifar.teacher.module == "fkd.zoo.keras_cifar10:create_model" and cifar.teacher.names == ()
 
 
 def test_summary_reports_sizes_and_speed():

@@ -15,13 +15,14 @@ import ray
 import torch
 import yaml
 
-from conftest import make_image_folder
 from fkd.data.crops import CropParams, boxes_to_fixed, replay_fixed, sample_crops
 from fkd.data.images import list_images, load_image
 from fkd.store import LabelStore, Manifest
 from fkd.teacher.teachers import create_teacher
 from labelgen.cli import main
 from labelgen.worker import CRASH_ONCE_ENV
+
+from conftest import make_image_folder
 from test_labelgen_worker import save_tiny_teacher
 
 CROPS = 6

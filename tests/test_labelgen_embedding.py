@@ -20,22 +20,23 @@ import timm
 import torch
 import zstandard
 
-from conftest import CIFAR_DATA, CIFAR_TEACHER, extract_cifar_test_images, make_image_folder
-from fkd.payload import embedding_codec
 from fkd.data.crops import CropParams, replay_fixed
-from fkd.payload.embedding_spec import EmbeddingSpec
-from fkd.teacher.features import FeatureSourceError, TeacherFeatures, create_feature_extractor
 from fkd.data.images import list_images, load_image
 from fkd.labels.cli import main as labels_main
+from fkd.payload import embedding_codec
+from fkd.payload.embedding_spec import EmbeddingSpec
 from fkd.store import EmbeddingLayout, LabelStore, Manifest
-from fkd.teacher.teachers import create_teacher, teacher_from_args
+from fkd.teacher.features import FeatureSourceError, TeacherFeatures, create_feature_extractor
+from fkd.teacher.teachers import create_teacher
 from labelgen.checks import class_space
 from labelgen.cli import main
 from labelgen.errors import InputError
 from labelgen.messages import EmbeddingSettings, LabelSettings, ShardTask, TeacherInfo
 from labelgen.plan import image_refs, store_meta
 from labelgen.worker import LabelWorker, PayloadBuffer, WorkerConfig
-from test_labelgen_worker import teacher_args
+
+from conftest import CIFAR_DATA, CIFAR_TEACHER, extract_cifar_test_images, make_image_folder
+from test_labelgen_worker import teacher_spec
 
 KERAS = "fkd.zoo.keras_cifar10:create_model"
 KERAS_PENULTIMATE = "dense_1_relu"  # the Dense 512 after its ReLU: what the classifier dense_2 reads
@@ -174,17 +175,17 @@ def test_a_teacher_without_a_classifier_stores_its_pre_logits_as_int8(tmp_path):
     torch.manual_seed(0)
     checkpoint = tmp_path / "backbone.pth"
     torch.save(timm.create_model("test_resnet", pretrained=False, num_classes=0).state_dict(), checkpoint)
-    args = teacher_args("--teacher", "test_resnet", "--checkpoint", str(checkpoint), "--num-classes", "0", "--no-pretrained",
+    spec = teacher_spec("--teacher", "test_resnet", "--checkpoint", str(checkpoint), "--num-classes", "0", "--no-pretrained",
                         "--input-size", "32")
     settings = LabelSettings(None, 0, 5, seed=3, crop_params=CropParams(scale=(0.3, 1.0)), shard_size=100,
                              embedding=EmbeddingSettings("pre-logits", "int8"))
-    worker = LabelWorker(WorkerConfig(args, settings, batch_size=4, threads=1, device="cpu"))
+    worker = LabelWorker(WorkerConfig(spec, settings, batch_size=4, threads=1, device="cpu"))
     info = worker.info()
     assert (info.num_classes, info.embedding_dims) == (0, (96,))
     images = list_images(make_image_folder(tmp_path / "images", classes=2, per_class=2))
     layout = EmbeddingLayout(5, 96, "int8")
     outcome = worker.label_shard(ShardTask(0, 0, image_refs(images), layout))
-    teacher = teacher_from_args(args)
+    teacher = spec.create()
     for i, record in enumerate(outcome.data.records):
         fixed, flips, codes, scales = layout.unpack(zstandard.ZstdDecompressor().decompress(record))
         views = replay_fixed(load_image(images.path(i)), fixed, flips, (32, 32), teacher.data_config.interpolation)

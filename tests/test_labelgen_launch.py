@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from conftest import make_image_folder
 from labelgen.cli import main
 from labelgen.driver import ray_session
+
+from conftest import make_image_folder
 from test_labelgen_worker import save_tiny_teacher
 
 

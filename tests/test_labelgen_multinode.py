@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_labelgen_e2e import assert_same_store
 
 from conftest import free_port, make_image_folder
-from test_labelgen_e2e import assert_same_store
 from test_labelgen_worker import save_tiny_teacher
 
 RAY = Path(sys.executable).with_name("ray")

@@ -12,17 +12,18 @@ import torch
 import zstandard
 from PIL import Image
 
-from conftest import CIFAR_DATA, CIFAR_TEACHER, extract_cifar_test_images, make_image_folder
-from fkd.payload import quantize
 from fkd.data.crops import CropParams, boxes_to_fixed, replay_fixed, sample_crops
 from fkd.data.images import list_images, load_image
+from fkd.payload import quantize
 from fkd.store import RecordLayout
-from fkd.teacher.teachers import teacher_from_args
+from fkd.teacher.options import TeacherSpec
 from labelgen.cli import build_parser
 from labelgen.errors import BadImage
 from labelgen.messages import LabelSettings, ShardTask
 from labelgen.plan import image_refs
 from labelgen.worker import CropBatcher, LabelWorker, PayloadBuffer, WorkerConfig
+
+from conftest import CIFAR_DATA, CIFAR_TEACHER, extract_cifar_test_images, make_image_folder
 
 NUM_CLASSES = 10
 
@@ -38,8 +39,9 @@ def save_tiny_teacher(path: Path, num_classes: int = NUM_CLASSES) -> Path:
     return path
 
 
-def teacher_args(*argv: str):
-    return build_parser().parse_args(["--data", "unused", "--out", "unused", *argv])
+def teacher_spec(*argv: str) -> TeacherSpec:
+    """The teacher of an fkd-labelgen command line with these teacher flags."""
+    return TeacherSpec.from_namespace(build_parser().parse_args(["--data", "unused", "--out", "unused", *argv]))
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +59,9 @@ def tiny(tmp_path_factory):
 def make_worker(checkpoint: "Path | list[Path]", scheme: str, num_crops: int = 6, batch_size: int = 5, top_k: int = 5) -> LabelWorker:
     checkpoints = checkpoint if isinstance(checkpoint, list) else [checkpoint]
     members = [arg for c in checkpoints for arg in ("--teacher", "test_resnet", "--checkpoint", str(c))]
-    args = teacher_args(*members, "--no-pretrained", "--input-size", "32")
+    spec = teacher_spec(*members, "--no-pretrained", "--input-size", "32")
     labels = LabelSettings(scheme, top_k, num_crops, seed=7, crop_params=CropParams(scale=(0.2, 1.0)), shard_size=100)
-    return LabelWorker(WorkerConfig(args, labels, batch_size, threads=2, device="cpu"))
+    return LabelWorker(WorkerConfig(spec, labels, batch_size, threads=2, device="cpu"))
 
 
 def layout_for(worker: LabelWorker) -> RecordLayout:
@@ -75,7 +77,7 @@ def unpack(layout: RecordLayout, record: bytes):
 
 def direct_probs(worker: LabelWorker, path: Path, fixed: np.ndarray, flips: np.ndarray) -> np.ndarray:
     """What the teacher says about the stored crops, computed independently of the worker."""
-    teacher = teacher_from_args(worker.config.teacher_args, "cpu")
+    teacher = worker.config.teacher.create("cpu")
     views = replay_fixed(load_image(path), fixed, flips, teacher.data_config.input_size, teacher.data_config.interpolation)
     with torch.inference_mode():
         return teacher(views.float() / 255.0).numpy()
@@ -191,9 +193,9 @@ def test_keras_cifar10_teacher_labels_real_images(tmp_path):
     """The real pretrained teacher through the real pipeline: crop-averaged labels of real test
     images mostly name the true class (the teacher is 76.6 % accurate)."""
     root = extract_cifar_test_images(tmp_path / "cifar", 3)
-    args = teacher_args("--teacher-module", "fkd.zoo.keras_cifar10:create_model")
+    spec = teacher_spec("--teacher-module", "fkd.zoo.keras_cifar10:create_model")
     labels = LabelSettings("marginal-smoothing", 5, 8, seed=0, crop_params=CropParams(scale=(0.6, 1.0)), shard_size=100)
-    worker = LabelWorker(WorkerConfig(args, labels, batch_size=64, threads=2, device="cpu"))
+    worker = LabelWorker(WorkerConfig(spec, labels, batch_size=64, threads=2, device="cpu"))
     info = worker.info()
     assert (info.num_classes, info.input_size, info.interpolation) == (10, (32, 32), "bilinear")
     images = list_images(root)

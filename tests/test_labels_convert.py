@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_random_store
 
-from fkd.payload import quantize
 from fkd.data.crops import boxes_to_fixed, sample_crops
 from fkd.labels.builder import prepare_output, write_store
 from fkd.labels.cli import main
+from fkd.payload import quantize
 from fkd.store import ImageLabels, LabelStore, new_meta
+
+from conftest import write_random_store
 
 NUM_IMAGES, NUM_CROPS, NUM_CLASSES = 7, 6, 10
 

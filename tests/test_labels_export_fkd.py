@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CIFAR_DATA, make_image_folder, write_random_store
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
@@ -22,6 +21,8 @@ from fkd.data.images import list_images
 from fkd.labels.cli import main
 from fkd.labels.fkd_files import pixel_boxes
 from fkd.store import LabelStore
+
+from conftest import CIFAR_DATA, make_image_folder, write_random_store
 
 CROPS, CLASSES = 8, 10
 # scheme, K, the label array of one image (M = CROPS), the official trainer's --soft_label_type

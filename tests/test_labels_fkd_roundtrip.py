@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image_folder, write_random_store
 from PIL import Image
 
 from fkd.data.images import fingerprint, list_images
 from fkd.labels.cli import main
 from fkd.store import LabelStore, Manifest
+
+from conftest import make_image_folder, write_random_store
 
 CROPS, CLASSES = 6, 10
 CLASS_MAP = {"c0": 7, "c1": 2, "c2": 5}  # the data's 3 folders -> the teacher's 10 classes

@@ -9,16 +9,17 @@ import numpy as np
 import pytest
 import torch
 import zstandard
-from conftest import make_image_folder, write_random_store
 from PIL import Image
 
-from fkd.payload import quantize
 from fkd.data.crops import boxes_to_fixed, sample_crops
 from fkd.data.images import list_images, load_image
 from fkd.labels.builder import prepare_output, write_store
 from fkd.labels.cli import main
 from fkd.labels.show import draw
+from fkd.payload import quantize
 from fkd.store import ImageLabels, LabelStore, Manifest, ShardData, new_meta, write_shard
+
+from conftest import make_image_folder, write_random_store
 
 CLASSES, CROPS = 10, 6
 

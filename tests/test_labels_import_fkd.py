@@ -10,17 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_folder
 from PIL import Image
 
-from fkd.payload import quantize
 from fkd.data.crops import fixed_to_boxes, sample_crops
 from fkd.data.images import list_images
-from fkd.labels.cli import main
 from fkd.labels import import_fkd
+from fkd.labels.cli import main
 from fkd.labels.fkd_files import pixel_boxes
 from fkd.labels.verify import verify_store
+from fkd.payload import quantize
 from fkd.store import LabelStore, Manifest
+
+from conftest import make_image_folder
 
 CLASSES, PER_CLASS, CROPS, K = 6, 2, 10, 3
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import write_random_store
 
 from fkd.labels.cli import main
 from fkd.labels.verify import verify_store
 from fkd.store import Manifest, ShardData, compress_records, store_lock, write_shard
+
+from conftest import write_random_store
 
 
 def shard_file(path: Path, shard: int) -> Path:

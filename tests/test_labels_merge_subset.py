@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_random_embedding_store, write_random_store
 
 from fkd.data.images import ImageEntry, ImageList
 from fkd.labels.cli import main
 from fkd.labels.subset import StoreSubset, SubsetSpec, parse_subset
 from fkd.store import LabelStore
+
+from conftest import write_random_embedding_store, write_random_store
 
 
 def part(tmp_path: Path, name: str, first: int, count: int, **kw) -> Path:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image_folder, write_random_store
 from matplotlib.patches import Rectangle
 from PIL import Image
 
@@ -15,6 +14,8 @@ from fkd.data.images import list_images, load_image
 from fkd.labels.cli import main
 from fkd.labels.show import draw, find_image
 from fkd.store import LabelStore
+
+from conftest import make_image_folder, write_random_store
 
 
 @pytest.fixture

@@ -4,11 +4,9 @@ says, rates are the rounds' totals, and the README block renders. The timed runs
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
-from conftest import make_image_folder
 from PIL import Image
 
 from benchmarks import report
@@ -16,6 +14,8 @@ from benchmarks.fkd_official import official_coords, read_official
 from benchmarks.speed import loader, loader_data
 from fkd.data.images import list_images
 from fkd.store import LabelStore
+
+from conftest import make_image_folder
 
 
 @pytest.fixture(scope="module")

@@ -11,19 +11,18 @@ and 400 synthetic ImageNet-like labels (C=1000, ``benchmarks.storage.compression
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from conftest import CIFAR_DATA, CIFAR_TEACHER, extract_cifar_test_images
 
 from benchmarks.storage.compression import synthetic_probs
 from fkd.data import crops
-from fkd.payload import quantize
 from fkd.data.images import load_image
 from fkd.losses.labels import teacher_distribution
+from fkd.payload import quantize
 from fkd.zoo.keras_cifar10 import create_model
+
+from conftest import CIFAR_DATA, CIFAR_TEACHER, extract_cifar_test_images
 
 TAU = 3.0
 K = 5

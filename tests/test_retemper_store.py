@@ -10,10 +10,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import write_random_store
 
 from fkd.data import crops
-
 from fkd.payload import quantize
 from fkd.payload.embedding_spec import EmbeddingSpec
 from fkd.store import (
@@ -27,6 +25,8 @@ from fkd.store import (
     open_for_writing,
     write_shard,
 )
+
+from conftest import write_random_store
 
 IDS = ["a/0.jpg", "a/1.jpg", "b/2.jpg"]
 PROBS = np.array([  # (3 images, 2 crops, 4 classes): float16 keeps these exactly

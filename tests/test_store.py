@@ -10,20 +10,19 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import write_random_store
 from torch.utils.data import DataLoader, Dataset
 
-from fkd.payload import quantize
 from fkd.data.crops import fixed_to_boxes
+from fkd.payload import quantize
 from fkd.payload.schemes import SCHEMES
 from fkd.store import (
     LabelStore,
     Manifest,
     ShardData,
     StoreCorruptError,
+    StoreError,
     StoreFormatError,
     StoreIncompleteError,
-    StoreError,
     StoreMismatchError,
     compress_records,
     new_meta,
@@ -31,6 +30,8 @@ from fkd.store import (
     store_lock,
     write_shard,
 )
+
+from conftest import write_random_store
 
 
 def decoded(store: LabelStore, index: int) -> torch.Tensor:

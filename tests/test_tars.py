@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CIFAR_DATA, extract_cifar_test_images, make_image_folder
 from fkd.data import tars
 from fkd.data.images import BadImageError, list_images, read_image
 from fkd.store import LabelStore
 from labelgen.messages import ImageRef
 from labelgen.worker import _load
+
+from conftest import CIFAR_DATA, extract_cifar_test_images, make_image_folder
 from test_labelgen_worker import save_tiny_teacher
 
 

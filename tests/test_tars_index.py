@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_image_folder
 from fkd.data import tars
 from fkd.data.images import list_images
+
+from conftest import make_image_folder
 
 
 @pytest.fixture(autouse=True)

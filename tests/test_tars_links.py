@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_image_folder
 from fkd.data import tars
 from fkd.data.images import BadImageError, list_images, read_image
 from labelgen.errors import BadImage
 from labelgen.messages import ImageRef
 from labelgen.worker import _load
+
+from conftest import make_image_folder
 
 
 @pytest.fixture(autouse=True)

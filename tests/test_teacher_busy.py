@@ -9,13 +9,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_labelgen_worker import layout_for, make_worker, tiny  # noqa: F401  (tiny is a fixture)
 
 import labelgen.worker
 from fkd.data.images import list_images
 from labelgen.driver import Summary
 from labelgen.messages import ShardTask
 from labelgen.plan import image_refs
+
+from test_labelgen_worker import layout_for, make_worker, tiny  # noqa: F401  (tiny is a fixture)
 
 
 def test_a_shard_counts_the_teacher_seconds_of_each_batch(tiny, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811

@@ -7,10 +7,11 @@ import argparse
 import pytest
 import torch
 
-from conftest import CIFAR_TEACHER
+from fkd.teacher.options import TeacherSpec, add_teacher_args
 from fkd.teacher.precision import PRECISIONS, autocast_dtype, teacher_precision
-from fkd.teacher.options import add_teacher_args
-from fkd.teacher.teachers import TeacherError, create_teacher, teacher_from_args
+from fkd.teacher.teachers import TeacherError, create_teacher
+
+from conftest import CIFAR_TEACHER
 
 KERAS = "fkd.zoo.keras_cifar10:create_model"
 
@@ -53,7 +54,7 @@ def test_the_option_reaches_the_teacher() -> None:
     args = parser.parse_args(["--teacher", "test_resnet", "--no-pretrained", "--num-classes", "3"])
     assert args.teacher_precision == "fp32"
     args = parser.parse_args(["--teacher", "test_resnet", "--no-pretrained", "--num-classes", "3", "--teacher-precision", "bf16"])
-    assert teacher_from_args(args).precision == "bf16"
+    assert TeacherSpec.from_namespace(args).create().precision == "bf16"
 
 
 @pytest.mark.skipif(not CIFAR_TEACHER.is_file(), reason=f"{CIFAR_TEACHER} not present")

@@ -13,11 +13,12 @@ import timm
 import torch
 from timm.data import resolve_model_data_config
 
-from conftest import CIFAR_DATA, CIFAR_TEACHER, extract_cifar_test_images
 from fkd.data.images import list_images, load_image
-from fkd.teacher.options import add_teacher_args
-from fkd.teacher.teachers import TeacherError, create_teacher, teacher_from_args
+from fkd.teacher.options import TeacherSpec, add_teacher_args
+from fkd.teacher.teachers import TeacherError, create_teacher
 from fkd.zoo import keras_cifar10
+
+from conftest import CIFAR_DATA, CIFAR_TEACHER, extract_cifar_test_images
 
 KERAS = "fkd.zoo.keras_cifar10:create_model"
 needs_teacher = pytest.mark.skipif(not CIFAR_TEACHER.is_file(), reason=f"{CIFAR_TEACHER} not present")
@@ -167,7 +168,7 @@ def test_teacher_module_from_args_gives_keras_probabilities() -> None:
     args = parser.parse_args(["--teacher-module", KERAS, "--temperature", "2"])
     assert (args.teacher, args.checkpoint, args.num_classes, args.pretrained) == (None, None, None, True)
 
-    teacher = teacher_from_args(args, "cpu")
+    teacher = TeacherSpec.from_namespace(args).create("cpu")
 
     x = torch.rand(4, 3, 32, 32)
     probs = teacher(x)

@@ -15,19 +15,20 @@ import yaml
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
-from conftest import NUM_CROPS, SCHEME, TinyData, make_tiny_data, read_summary, train_args
 from fkd.data import crops
-from fkd.payload import quantize
-from fkd.data.images import list_images, load_image
-from fkd.store import LabelStore
 from fkd.data.augment import build_crop_augment, seeded_rngs
-from train.checkpoint import CheckpointSaver, read_checkpoint, resolve_resume, rng_state, set_rng_state
-from train.cli import main
+from fkd.data.errors import DataMismatchError, ReplayError
 from fkd.data.evaluation import EvalDataset
+from fkd.data.images import list_images, load_image
 from fkd.data.multicrop import EpochSampler, MultiCropDataset, collate_crops
 from fkd.data.plan import RandomCropPlanner, StoreCropPlanner, stored_crop_choice
-from fkd.data.errors import DataMismatchError, ReplayError
+from fkd.payload import quantize
+from fkd.store import LabelStore
+from train.checkpoint import CheckpointSaver, read_checkpoint, resolve_resume, rng_state, set_rng_state
+from train.cli import main
 from train.runlog import RunLog
+
+from conftest import NUM_CROPS, SCHEME, TinyData, make_tiny_data, read_summary, train_args
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TinyData, make_image_folder, make_tiny_data, train_args
 
 import fkd.data.multicrop
 import train.output
@@ -17,6 +16,8 @@ import train.run
 from fkd.data.images import list_images
 from fkd.store import Manifest, StoreCorruptError
 from train.cli import main
+
+from conftest import REPO, TinyData, make_image_folder, make_tiny_data, train_args
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,9 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
-
 from train.cli import DESCRIPTION
+
+from conftest import REPO
 
 LAUNCH_DOCS = [*sorted((REPO / "configs").glob("*.yaml")), *sorted((REPO / "scripts").iterdir())]
 

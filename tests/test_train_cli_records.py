@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TinyData, read_summary, train_args
 
 from train.cli import main
 from train.runlog import best_line, epoch_line
+
+from conftest import TinyData, read_summary, train_args
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

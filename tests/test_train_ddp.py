@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from conftest import TinyData, free_port, train_args
 from train.checkpoint import read_checkpoint
+
+from conftest import TinyData, free_port, train_args
 
 WORLD_SIZE = 2
 

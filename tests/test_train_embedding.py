@@ -16,23 +16,23 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from conftest import NUM_CROPS, TinyData, free_port, make_tiny_data, read_summary, train_args, write_random_embedding_store
-
-from fkd.losses.features import feature_loss
-from fkd.teacher.features import TeacherFeatures
+from fkd.data.errors import DataMismatchError
 from fkd.data.images import list_images, load_image
+from fkd.data.multicrop import CropBatch
+from fkd.data.plan import StoreCropPlanner
+from fkd.data.targets import one_hot_targets
+from fkd.losses.features import feature_loss
 from fkd.losses.labels import soft_target_cross_entropy
 from fkd.store import LabelStore, Manifest
+from fkd.teacher.features import TeacherFeatures
 from fkd.teacher.teachers import create_teacher
 from train.checkpoint import read_checkpoint
 from train.cli import main
-from fkd.data.multicrop import CropBatch
-from fkd.data.plan import StoreCropPlanner
-from fkd.data.errors import DataMismatchError
 from train.feature_modes import EmbeddingMode, OnlineFDMode
 from train.mixup import SoftTargetMixup
-from train.modes import one_hot_targets
 from train.projector import FeatureStudent, Projector, as_feature_map, build_projector
+
+from conftest import NUM_CROPS, TinyData, free_port, make_tiny_data, read_summary, train_args, write_random_embedding_store
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

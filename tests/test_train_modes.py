@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TinyData, train_args
-
+from fkd.data.multicrop import CropBatch
+from fkd.data.targets import one_hot_targets
 from fkd.losses.features import feature_loss, whiten
 from fkd.losses.labels import deit_token_loss, soft_target_cross_entropy
 from fkd.payload.quantize import decode, encode
 from train.cli import main
-from fkd.data.multicrop import CropBatch
 from train.errors import SetupError
 from train.feature_modes import EmbeddingMode
-from train.modes import DeiTMode, FKDMode, OnlineKDMode, one_hot_targets
+from train.modes import DeiTMode, FKDMode, OnlineKDMode
+
+from conftest import TinyData, train_args
 
 
 def _batch(labels: list[int], indices: "torch.Tensor | None" = None, values: "torch.Tensor | None" = None) -> CropBatch:

@@ -32,10 +32,11 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
+from test_labelgen_multinode import descendants
+
+from train.checkpoint import read_checkpoint
 
 from conftest import TinyData, free_port, train_args
-from test_labelgen_multinode import descendants
-from train.checkpoint import read_checkpoint
 
 RECORDER = Path(__file__).with_name("train_recorder.py")
 EPOCHS = 3

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TinyData, make_tiny_data, train_args, with_full_store, write_random_embedding_store, write_random_store
 
 import train.feature_modes
 import train.modes
 import train.run
 from fkd.store import LabelStore, Manifest
 from train.cli import main
+
+from conftest import TinyData, make_tiny_data, train_args, with_full_store, write_random_embedding_store
 
 SMALL_DEIT = ["--model", "deit_tiny_distilled_patch16_224", "--model-kwargs", "img_size=32", "patch_size=8", "depth=1",
               "embed_dim=32", "num_heads=2"]

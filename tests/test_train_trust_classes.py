@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 import train.run
-from conftest import TinyData, make_image_folder, train_args
 from fkd.store import Manifest
 from train.cli import main
+
+from conftest import TinyData, make_image_folder, train_args
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

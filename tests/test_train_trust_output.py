@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TinyData, make_image_folder, read_summary, train_args
 from fkd.store import Manifest
 from train.cli import main
+
+from conftest import TinyData, make_image_folder, read_summary, train_args
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import NUM_CROPS, TinyData, write_random_embedding_store, write_random_store
+from fkd.data.checks import SIZE_CHECK_IMAGES, check_paired_stores
+from fkd.data.errors import DataMismatchError
 from fkd.data.images import list_images, read_image
+from fkd.data.plan import StoreCropPlanner
 from fkd.labels.builder import write_store
 from fkd.store import LabelStore, Manifest
-from fkd.data.plan import StoreCropPlanner
-from fkd.data.errors import DataMismatchError
-from fkd.data.checks import SIZE_CHECK_IMAGES, check_paired_stores
+
+from conftest import NUM_CROPS, TinyData, write_random_embedding_store, write_random_store
 
 
 def fingerprinted(src: Path, dst: Path, payload: str, fingerprints: np.ndarray) -> LabelStore:

@@ -3,7 +3,6 @@ and DeiT from stored labels (hard targets from the mixed stored label, evaluatio
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -13,17 +12,20 @@ import torch
 import yaml
 from timm.data.auto_augment import rand_augment_transform
 
-from conftest import TinyData, make_tiny_data, train_args, with_full_store
-from train.aug_levels import AUG_LEVELS, apply_aug_level
+from fkd.config import parse_args_with_config
 from fkd.data.augment import PHOTOMETRIC_OPS, build_eraser
-from train.checkpoint import read_checkpoint
-from train.cli import main
 from fkd.data.multicrop import CropBatch
+from train.aug_levels import AUG_LEVELS, apply_aug_level
+from train.checkpoint import read_checkpoint
+from train.cli import build_parser, main
+from train.config import AugmentConfig, TrainConfig
 from train.distributed import DistInfo
 from train.engine import Normalizer, Trainer, evaluate, train_one_epoch
 from train.mixup import MixInfo, SoftTargetMixup
 from train.modes import DeiTMode
 from train.run_setup import recolour_warnings
+
+from conftest import TinyData, make_tiny_data, train_args, with_full_store
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -101,30 +103,29 @@ def test_a_vit_whose_img_size_differs_from_the_input_size_is_one_line(tiny: Tiny
     assert not out.exists()
 
 
-def test_colour_augmentation_of_stored_crops_is_one_warning_naming_the_flags() -> None:
-    def warned(**given: "str | float | None") -> list[str]:
-        return recolour_warnings(argparse.Namespace(**({"color_jitter": 0.0, "randaugment": None} | given)))
+def augment(*flags: str) -> AugmentConfig:
+    """The augmentation settings of an fkd-train command line with these flags, as parsed."""
+    args = parse_args_with_config(build_parser(), ["--data", "D", "--model", "M", "--output", "O", *flags])
+    return TrainConfig.from_namespace(args).augment
 
-    assert warned() == [] and warned(randaugment="") == []  # '' is RandAugment off
-    assert warned(randaugment="rand-n2-m15")[0].startswith("--randaugment recolours each crop after the teacher labelled it: ")
-    both = warned(color_jitter=0.4, randaugment="rand-m9")
+
+def test_colour_augmentation_of_stored_crops_is_one_warning_naming_the_flags() -> None:
+    assert recolour_warnings(augment()) == [] and recolour_warnings(augment("--randaugment", "")) == []  # '' is RandAugment off
+    warned = recolour_warnings(augment("--randaugment", "rand-n2-m15"))
+    assert warned[0].startswith("--randaugment recolours each crop after the teacher labelled it: ")
+    both = recolour_warnings(augment("--color-jitter", "0.4", "--randaugment", "rand-m9"))
     assert len(both) == 1 and both[0].startswith("--color-jitter and --randaugment recolour each crop after the teacher labelled it")
 
 
-def _args(**given: "str | float | None") -> argparse.Namespace:
-    return argparse.Namespace(**({"aug_level": None, "mixup": None, "randaugment": None} | given))
-
-
 def test_aug_level_fills_only_the_options_not_given() -> None:
-    args = _args(aug_level="medium2")
-    apply_aug_level(args)
-    assert (args.mixup, args.randaugment) == (0.5, "rand-n2-m15-mmax15")
-    args = _args(aug_level="strong2", mixup=0.0, randaugment="")  # explicit values win, 'off' included
-    apply_aug_level(args)
-    assert (args.mixup, args.randaugment) == (0.0, "")
-    args = _args()
-    apply_aug_level(args)
-    assert (args.mixup, args.randaugment) == (0.0, None)
+    given = augment("--aug-level", "medium2")
+    resolved = apply_aug_level(given)
+    assert (resolved.mixup, resolved.randaugment) == (0.5, "rand-n2-m15-mmax15")
+    assert (given.mixup, given.randaugment) == (None, None)  # a new config: the parsed one stays as given
+    resolved = apply_aug_level(augment("--aug-level", "strong2", "--mixup", "0", "--randaugment", ""))  # explicit values win, 'off' included
+    assert (resolved.mixup, resolved.randaugment) == (0.0, "")
+    resolved = apply_aug_level(augment())
+    assert (resolved.mixup, resolved.randaugment) == (0.0, None)
     assert {name: tuple(level) for name, level in AUG_LEVELS.items()} == {
         "none": (0.0, None), "light1": (0.0, "rand-n2-m0"), "light2": (0.2, "rand-n2-m10"), "medium1": (0.2, "rand-n2-m15-mmax15"),
         "medium2": (0.5, "rand-n2-m15-mmax15"), "strong1": (0.5, "rand-n2-m20-mmax20"), "strong2": (0.8, "rand-n2-m20-mmax20"),

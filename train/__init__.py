@@ -1,7 +1,8 @@
 """fkd-train: stage 2 of FKD, training a timm student from a label store without running the teacher.
 
-Modules, one job each: ``cli`` (flags, ``-c`` recipes, exit codes), ``run`` (one training run:
-checks, set-up, the epoch loop), ``run_setup`` (stores, crop planner, mode and projector of a run),
+Modules, one job each: ``cli`` (flags, ``-c`` recipes, exit codes), ``config`` (the typed settings
+built once from the parsed flags, which every other module takes, and their args.yaml form), ``run``
+(one training run: checks, set-up, the epoch loop), ``run_setup`` (stores, crop planner, mode and projector of a run),
 ``options`` (option combinations refused), ``aug_levels`` (AugReg's named levels, torch-free),
 ``student`` (timm model and its data settings), ``modes`` (targets and loss per training mode),
 ``feature_modes`` (feature distillation from embedding stores, online FD), ``projector`` (student

@@ -14,8 +14,10 @@ Kept free of torch so that ``fkd-train --help`` lists the levels (and erasing mo
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import replace
 from typing import NamedTuple
+
+from .config import AugmentConfig
 
 
 class AugLevel(NamedTuple):
@@ -41,11 +43,12 @@ ERASE_MODES: tuple[str, ...] = ("const", "rand", "pixel")
 per box, normal noise per pixel."""
 
 
-def apply_aug_level(args: argparse.Namespace) -> None:
-    """Resolve ``--mixup`` and ``--randaugment`` in place: the explicit value, else ``--aug-level``'s,
-    else off (mixup 0). Done before the run saves ``args.yaml``, which so records what was used."""
-    level = AUG_LEVELS[args.aug_level] if args.aug_level else AUG_LEVELS["none"]
-    if args.mixup is None:
-        args.mixup = level.mixup
-    if args.randaugment is None:
-        args.randaugment = level.randaugment
+def apply_aug_level(augment: AugmentConfig) -> AugmentConfig:
+    """``augment`` with ``mixup`` and ``randaugment`` resolved: the explicit value, else ``--aug-level``'s,
+    else off (mixup 0). The CLI does it before anything else, so args.yaml records what was used."""
+    level = AUG_LEVELS[augment.aug_level] if augment.aug_level else AUG_LEVELS["none"]
+    return replace(
+        augment,
+        mixup=level.mixup if augment.mixup is None else augment.mixup,
+        randaugment=level.randaugment if augment.randaugment is None else augment.randaugment,
+    )

@@ -10,12 +10,11 @@ Python values so ``torch.load(weights_only=True)`` reads it: loading a checkpoin
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,9 +93,12 @@ class Progress:
     best_epoch: int = -1
 
 
-def build_checkpoint(state: TrainingState, progress: Progress, rng_states: list[dict[str, Any]], args: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint dictionary (``rng_states``: one entry per rank, in rank order); a projector,
-    when trained, under ``projector``, so ``model`` stays the plain timm student."""
+def build_checkpoint(
+    state: TrainingState, progress: Progress, rng_states: list[dict[str, Any]], settings: dict[str, Any]
+) -> dict[str, Any]:
+    """The checkpoint dictionary (``rng_states``: one entry per rank, in rank order; ``settings``: the
+    run's options as args.yaml holds them, under ``args``); a projector, when trained, under
+    ``projector``, so ``model`` stays the plain timm student."""
     projector = {} if state.projector is None else {"projector": state.projector.entry()}
     return {
         "epoch": progress.epoch,
@@ -108,7 +110,7 @@ def build_checkpoint(state: TrainingState, progress: Progress, rng_states: list[
         "scaler": state.scaler.state_dict() if state.scaler is not None and state.scaler.is_enabled() else None,
         "ema": unwrap(state.ema).state_dict() if state.ema is not None else None,
         "rng": rng_states,
-        "args": args,
+        "args": settings,
         **projector,
     }
 

@@ -15,15 +15,17 @@ import argparse
 import re
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from fkd.config import parse_args_with_config
 from fkd.teacher.options import add_teacher_args
 
 from .aug_levels import AUG_LEVELS, ERASE_MODES, apply_aug_level
+from .config import TrainConfig
 from .errors import SetupError
 from .mode_names import DISTILL_DEFAULTS, EMBED_LOSSES, FEATURE_DEFAULTS, MODES, PROJECTORS
-from .options import check_args
+from .options import check_config
 
 AUG_LEVEL_HELP = ", ".join(f"{name} = mixup {level.mixup:g} + {level.randaugment or 'no RandAugment'}" for name, level in AUG_LEVELS.items())
 
@@ -171,8 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "differ), or a vector as fkd-labelgen --target embedding stores it (pre-logits, pooled, or a module name), "
                         "learnt by the student's pre-logits through --projector: the online counterpart of such a store")
 
-    add_teacher_args(p)
-    share_teacher_options(p)
+    add_teacher_args(p, student=True)  # --num-classes is the student's too; --no-pretrained is the teacher's alone
 
     g = p.add_argument_group("run")
     g.add_argument("--output", required=True, help="output directory: args.yaml, summary.csv, log.jsonl, last.pth, best.pth, checkpoint-NNNN.pth")
@@ -186,22 +187,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log-every", type=int, default=20, metavar="N", help="at most N steps between progress-bar loss and lr updates; each epoch shows at least 4 and its last step (default 20)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     return p
-
-
-def share_teacher_options(parser: argparse.ArgumentParser) -> None:
-    """Fit fkd-labelgen's teacher options (used by --mode online-kd) next to the student's.
-
-    --num-classes is one flag for both (they must agree), so it is reused with a help text that says
-    so; --no-pretrained (teacher) gets its own destination, apart from the student's --pretrained.
-    """
-    options = parser._option_string_actions
-    options["--num-classes"].help = (
-        "classes of the student (and of the online-kd teacher); must equal the store's class count "
-        "(default: the store's, else the number of class folders under --data)"
-    )
-    options["--no-pretrained"].dest = "teacher_pretrained"
-    options["--no-pretrained"].help = "online-kd: do not load timm pretrained weights for the teacher (random init unless --checkpoint)"
-    options["--temperature"].help = "fkd-labelgen's teacher temperature, refused here unless 1: the distillation temperature is --kd-tau"
 
 
 WORKER_ERROR = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
@@ -235,16 +220,18 @@ def interrupted_message(output: Path) -> str:
 
 
 def main(argv: "Sequence[str] | None" = None) -> int:
-    parser = build_parser()
-    args = parse_args_with_config(parser, argv)
-    try:  # before torch is imported, so that an argument error answers at once
-        apply_aug_level(args)
-        check_args(args)
+    """The only place that sees argparse's Namespace: it becomes a ``TrainConfig`` once, with
+    --aug-level resolved, and is checked before torch is imported, so an argument error answers at once."""
+    args = parse_args_with_config(build_parser(), argv)
+    config = TrainConfig.from_namespace(args)
+    config = replace(config, augment=apply_aug_level(config.augment))
+    try:
+        check_config(config)
     except SetupError as exc:
         print(f"fkd-train: error: {exc}", file=sys.stderr)
         return 2
-    from fkd.data.images import BadImageError, ImageMismatchError
     from fkd.data.errors import ReplayError
+    from fkd.data.images import BadImageError, ImageMismatchError
     from fkd.store import StoreError
 
     from .run import run
@@ -252,10 +239,9 @@ def main(argv: "Sequence[str] | None" = None) -> int:
 
     clean = (SetupError, ReplayError, StoreError, BadImageError, ImageMismatchError, FileNotFoundError, FloatingPointError)
     try:
-        fit_input_size(args)
-        run(args)
+        run(replace(config, model=fit_input_size(config.model)))
     except KeyboardInterrupt:
-        print(interrupted_message(Path(args.output)), file=sys.stderr)
+        print(interrupted_message(Path(config.run.output)), file=sys.stderr)
         return 130
     except Exception as exc:
         message = worker_error_message(exc, clean)

@@ -27,11 +27,12 @@ from timm.utils import dispatch_clip_grad
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import unwrap
 from fkd.data.multicrop import CropBatch
+
+from .checkpoint import unwrap
 from .distributed import DistInfo, all_reduce_sum
-from .modes import TrainMode
 from .mixup import SoftTargetMixup
+from .modes import TrainMode
 
 
 class Normalizer:

@@ -37,14 +37,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fkd.payload.embedding_codec import decode as decode_embedding
-from fkd.losses.features import feature_loss, feature_map_loss
-from fkd.teacher.features import FEATURE_MAP, TeacherFeatures
-from fkd.losses.labels import soft_target_cross_entropy
-from fkd.payload.quantize import LabelCodec
-
 from fkd.data.multicrop import CropBatch
-from .modes import one_hot_targets, resize_for_teacher
+from fkd.data.targets import one_hot_targets
+from fkd.losses.features import feature_loss, feature_map_loss
+from fkd.losses.labels import soft_target_cross_entropy
+from fkd.payload.embedding_codec import decode as decode_embedding
+from fkd.payload.quantize import LabelCodec
+from fkd.teacher.features import FEATURE_MAP, TeacherFeatures
+
+from .modes import resize_for_teacher
 from .projector import as_feature_map
 
 

@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fkd.data.multicrop import CropBatch
+from fkd.data.targets import StoredTargets, one_hot_targets
 from fkd.losses.labels import DistillationLoss, deit_token_loss, soft_target_cross_entropy
 from fkd.payload.quantize import LabelCodec
 
-from fkd.data.multicrop import CropBatch
 from .errors import SetupError
 
 
@@ -36,13 +37,6 @@ class TrainMode(Protocol):
     def targets(self, batch: CropBatch) -> torch.Tensor: ...
 
     def loss(self, output: "torch.Tensor | tuple[torch.Tensor, torch.Tensor]", images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
-
-
-def one_hot_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
-    """(1 - smoothing) on the label plus smoothing / C everywhere (timm's convention)."""
-    off = smoothing / num_classes
-    dense = torch.full((labels.shape[0], num_classes), off, dtype=torch.float32, device=labels.device)
-    return dense.scatter_(1, labels.view(-1, 1), 1.0 - smoothing + off)
 
 
 def resize_for_teacher(images: torch.Tensor, size: "tuple[int, int]") -> torch.Tensor:
@@ -59,17 +53,10 @@ class FKDMode:
     mix the combined target with the image."""
 
     def __init__(self, scheme: str, num_classes: int, gt_weight: float = 0.0, smoothing: float = 0.0, *, log_probs: bool = False):
-        self.codec = LabelCodec(scheme, num_classes, log_probs=log_probs)
-        self.num_classes = num_classes
-        self.gt_weight = gt_weight
-        self.smoothing = smoothing
+        self.stored = StoredTargets(LabelCodec(scheme, num_classes, log_probs=log_probs), num_classes, gt_weight, smoothing)
 
     def targets(self, batch: CropBatch) -> torch.Tensor:
-        stored = self.codec.decode(batch.indices, batch.values)
-        if not self.gt_weight:
-            return stored
-        truth = one_hot_targets(batch.labels, self.num_classes, self.smoothing)
-        return (1.0 - self.gt_weight) * stored + self.gt_weight * truth
+        return self.stored(batch)  # fkd.api's StoredTargets: (1 - W) * stored + W * one-hot
 
     def loss(self, output: torch.Tensor, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return soft_target_cross_entropy(output, targets)

@@ -18,14 +18,11 @@ the folder continues it, whatever its settings.
 
 from __future__ import annotations
 
-import argparse
 import errno
-import json
 import os
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -33,6 +30,7 @@ from fkd.config import save_args
 from fkd.store import MANIFEST_NAME
 
 from .checkpoint import BEST_NAME, LAST_NAME, PROJECTOR_NAME
+from .config import TrainConfig
 from .errors import SetupError
 from .runlog import LOG_NAME, SUMMARY_NAME
 
@@ -57,11 +55,6 @@ def _examples(names: list[str], limit: int = 3) -> str:
     return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
-def _plain(values: dict[str, Any]) -> dict[str, Any]:
-    """Settings as args.yaml and the checkpoints hold them (lists, strings, numbers)."""
-    return json.loads(json.dumps(values, default=str))
-
-
 @dataclass
 class OutputDir:
     """--output, the directories this run created for it (deepest first) and the files of the run
@@ -74,7 +67,7 @@ class OutputDir:
     def _error(self, problem: str) -> SetupError:
         return SetupError(f"cannot write to --output {self.path}: {problem}")
 
-    def check(self, args: argparse.Namespace, resume: "Path | None") -> None:
+    def check(self, config: TrainConfig, resume: "Path | None") -> None:
         """Fail now, before any input is read, if the directory cannot be made or written to, or
         holds a label store or another run (``resume``: the checkpoint the run continues from)."""
         existing = self.path.absolute()
@@ -85,21 +78,22 @@ class OutputDir:
         if not os.access(existing, os.W_OK | os.X_OK):
             raise self._error(os.strerror(errno.EACCES))
         if existing == self.path.absolute():
-            self._check_contents(args, resume)
+            self._check_contents(config, resume)
 
-    def _check_contents(self, args: argparse.Namespace, resume: "Path | None") -> None:
+    def _check_contents(self, config: TrainConfig, resume: "Path | None") -> None:
         names = sorted(p.name for p in self.path.iterdir())
         store = [n for pattern in STORE_FILES for n in names if fnmatchcase(n, pattern)]
         if store:
             raise SetupError(f"--output {self.path} holds a label store ({_examples(store, 2)}): write the run to another folder")
         ours = [n for n in names if is_run_output(n)]
         continued = resume is not None and resume.absolute().parent == self.path.absolute()
-        if continued and args.overwrite:
+        overwrite = config.run.overwrite
+        if continued and overwrite:
             raise SetupError(f"--overwrite would delete the run that --resume continues ({resume}): drop one of the two")
         if not ours or continued:
             return
-        if not args.overwrite:
-            difference = self._other_run(args, ours)
+        if not overwrite:
+            difference = self._other_run(config, ours)
             if difference:
                 hint = "continue that run with --resume auto, " if LAST_NAME in ours else ""
                 raise SetupError(f"--output {self.path} holds another run ({difference}): choose another --output, {hint}"
@@ -111,7 +105,7 @@ class OutputDir:
                              f"write ({_examples(foreign)}): move them away or choose another --output")
         self.replaced = [self.path / n for n in ours]
 
-    def _other_run(self, args: argparse.Namespace, ours: list[str]) -> str:
+    def _other_run(self, config: TrainConfig, ours: list[str]) -> str:
         """How the run in the folder differs from this one ('' for the same run)."""
         try:
             saved = yaml.safe_load((self.path / ARGS_NAME).read_text(encoding="utf-8"))
@@ -121,14 +115,14 @@ class OutputDir:
             saved = None
         if not isinstance(saved, dict):
             return f"an unreadable {ARGS_NAME}"
-        current = _plain(vars(args))
+        current = config.to_args()
         keys = [k for k in current if k in saved and k not in RUN_ONLY and not (k in RESOLVED and current[k] is None)]
         differ = [f"{k} {saved[k]} there, {current[k]} now" for k in keys if saved[k] != current[k]]
         return "; ".join(differ[:3]) + (f"; and {len(differ) - 3} more" if len(differ) > 3 else "")
 
-    def create(self, args: argparse.Namespace, notes: "list[str] | None" = None) -> None:
+    def create(self, config: TrainConfig, notes: "list[str] | None" = None) -> None:
         """Make the directory (recording which directories are new), remove the run it replaces,
-        and write args.yaml into it, ``notes`` as comments at its end."""
+        and write args.yaml (``config``, flattened) into it, ``notes`` as comments at its end."""
         missing = []
         parent = self.path.absolute()
         while not parent.exists():
@@ -139,7 +133,7 @@ class OutputDir:
             self.created = missing
             for old in self.replaced:
                 old.unlink(missing_ok=True)
-            save_args(args, self.path / ARGS_NAME)
+            save_args(config.to_args(), self.path / ARGS_NAME)
             with open(self.path / ARGS_NAME, "a", encoding="utf-8") as f:
                 f.writelines(f"# {note}\n" for note in notes or [])
         except OSError as exc:

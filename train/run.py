@@ -6,8 +6,6 @@ checked before the first step and reported as a ``SetupError``; the CLI prints i
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
 import time
@@ -22,34 +20,41 @@ from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from fkd.data.images import ImageList
-
-from .aug_levels import apply_aug_level
 from fkd.data.augment import build_crop_augment, build_eraser
-from .checkpoint import CheckpointSaver, Progress, TrainingState, build_checkpoint, load_checkpoint, resolve_resume, rng_state
+from fkd.data.device_replay import training_dataset
 from fkd.data.evaluation import EvalDataset, shard_indices
+from fkd.data.images import ImageList
 from fkd.data.multicrop import EpochSampler, MultiCropDataset
 from fkd.data.plan import derived_seed
-from fkd.data.device_replay import training_dataset
+
+from .checkpoint import CheckpointSaver, Progress, TrainingState, build_checkpoint, load_checkpoint, resolve_resume, rng_state
+from .config import AugmentConfig, OptimConfig, TrainConfig
 from .distributed import DistInfo, all_gather_objects, barrier, init_distributed, shutdown
 from .engine import EvalStats, Normalizer, Trainer, evaluate, train_one_epoch
 from .errors import SetupError
 from .mixup import SoftTargetMixup
-from .options import check_args
 from .output import OutputDir
 from .projector import FeatureStudent
 from .run_setup import (
-    TrainData, build_feature_projector, build_mode, crop_interpolation, prepare_train_data, prepare_val_data, resolved_args,
+    TrainData,
+    build_feature_projector,
+    build_mode,
+    crop_interpolation,
+    prepare_train_data,
+    prepare_val_data,
+    resolved_config,
 )
 from .runlog import RunLog, best_line, epoch_line
 from .student import StudentDataConfig, create_student, parse_model_kwargs, student_data_config
 
 
-def run(args: argparse.Namespace) -> None:
-    info = init_distributed(args.device)
-    output = OutputDir(Path(args.output))
+def run(config: TrainConfig) -> None:
+    """Train as ``config`` says: the CLI's, with --aug-level and the input size resolved and its
+    options checked (``train.cli.main``)."""
+    info = init_distributed(config.run.device)
+    output = OutputDir(Path(config.run.output))
     try:
-        _run(args, info, output)
+        _run(config, info, output)
     except BaseException:  # Ctrl-C included: a run that cannot be resumed leaves nothing behind
         if info.is_main:
             output.discard()
@@ -85,53 +90,55 @@ def resolve_amp(amp: str, device: torch.device) -> "torch.dtype | None":
 
 
 def build_loaders(
-    args: argparse.Namespace, data: TrainData, cfg: StudentDataConfig, val_images: "ImageList | None", info: DistInfo
+    config: TrainConfig, data: TrainData, cfg: StudentDataConfig, val_images: "ImageList | None", info: DistInfo
 ) -> tuple[MultiCropDataset, EpochSampler, DataLoader, "DataLoader | None"]:
     """Training loader (B images -> B*n crops, this rank's part of the images) and the sharded
     validation loader. Loader generators are seeded so they draw nothing from the global RNG."""
+    settings, seed, workers = config.data, config.run.seed, config.data.workers
     dataset, collate = training_dataset(
-        args.replay_device, info.device, data.source, data.planner, cfg.input_size,
-        crop_interpolation(args, data, cfg), build_crop_augment(args.color_jitter, args.randaugment), args.seed,
+        settings.replay_device, info.device, data.source, data.planner, cfg.input_size,
+        crop_interpolation(config.model.interpolation, data, cfg), build_crop_augment(config.augment.color_jitter, config.augment.randaugment),
+        seed,
     )
-    sampler = EpochSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=args.seed)
+    sampler = EpochSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed)
     pin = info.device.type == "cuda"
     loader = DataLoader(
-        dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers, collate_fn=collate,
-        pin_memory=pin, persistent_workers=args.workers > 0, generator=torch.Generator().manual_seed(args.seed),
+        dataset, batch_size=settings.batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
+        pin_memory=pin, persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed),
     )
     if val_images is None:
         return dataset, sampler, loader, None
     val_set = EvalDataset(val_images, cfg.input_size, cfg.crop_pct, cfg.interpolation)
     val_loader = DataLoader(
-        val_set, batch_size=args.batch_size * args.crops_per_image, sampler=shard_indices(len(val_set), info.rank, info.world_size),
-        num_workers=args.workers, pin_memory=pin, persistent_workers=args.workers > 0, generator=torch.Generator().manual_seed(args.seed),
+        val_set, batch_size=settings.batch_size * settings.crops_per_image, sampler=shard_indices(len(val_set), info.rank, info.world_size),
+        num_workers=workers, pin_memory=pin, persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed),
     )
     return dataset, sampler, loader, val_loader
 
 
 def build_optimization(
-    args: argparse.Namespace, model: torch.nn.Module, updates_per_epoch: int, amp_dtype: "torch.dtype | None", device: torch.device
+    optim: OptimConfig, model: torch.nn.Module, updates_per_epoch: int, amp_dtype: "torch.dtype | None", device: torch.device
 ) -> tuple[torch.optim.Optimizer, Any, torch.amp.GradScaler]:
     """timm optimizer, timm schedule stepped every update, and the loss scaler (active for fp16 only)."""
     try:
-        optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum)
+        optimizer = create_optimizer_v2(model, opt=optim.opt, lr=optim.lr, weight_decay=optim.weight_decay, momentum=optim.momentum)
     except ValueError as exc:
-        raise SetupError(f"--opt {args.opt}: {exc}") from None
+        raise SetupError(f"--opt {optim.opt}: {exc}") from None
     try:
         scheduler, _ = create_scheduler_v2(
-            optimizer, sched=args.sched, num_epochs=args.epochs, warmup_epochs=args.warmup_epochs, warmup_lr=args.warmup_lr,
-            min_lr=args.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch,
+            optimizer, sched=optim.sched, num_epochs=optim.epochs, warmup_epochs=optim.warmup_epochs, warmup_lr=optim.warmup_lr,
+            min_lr=optim.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch,
         )
     except (AssertionError, ValueError) as exc:  # timm asserts on schedules that cannot step per update (plateau)
-        raise SetupError(f"--sched {args.sched}: {exc} (schedules step every update here: cosine, tanh, step, multistep, poly)") from None
+        raise SetupError(f"--sched {optim.sched}: {exc} (schedules step every update here: cosine, tanh, step, multistep, poly)") from None
     return optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
 
-def build_mixer(args: argparse.Namespace) -> "SoftTargetMixup | None":
-    if args.mixup <= 0 and args.cutmix <= 0:
+def build_mixer(augment: AugmentConfig) -> "SoftTargetMixup | None":
+    if augment.mixup <= 0 and augment.cutmix <= 0:
         return None
     try:
-        return SoftTargetMixup(args.mixup, args.cutmix, args.mixup_prob, args.mixup_switch_prob)
+        return SoftTargetMixup(augment.mixup, augment.cutmix, augment.mixup_prob, augment.mixup_switch_prob)
     except ValueError as exc:
         raise SetupError(f"mixup settings: {exc}") from None
 
@@ -141,45 +148,46 @@ def _log(info: DistInfo, message: str) -> None:
         print(message, flush=True)
 
 
-def _run(args: argparse.Namespace, info: DistInfo, output_dir: OutputDir) -> None:
-    """Every input is checked (arguments, --output, data, store, model, checkpoint) before the
-    output directory is made."""
-    apply_aug_level(args)
-    check_args(args)
+def _run(config: TrainConfig, info: DistInfo, output_dir: OutputDir) -> None:
+    """Every input is checked (--output, data, store, model, checkpoint) before the output directory is made."""
     output = output_dir.path
-    resume_path = resolve_resume(args.resume, output)
-    output_dir.check(args, resume_path)
+    resume_path = resolve_resume(config.run.resume, output)
+    output_dir.check(config, resume_path)
     device = info.device
-    configure_determinism(args.deterministic, device)
+    configure_determinism(config.run.deterministic, device)
 
-    data = prepare_train_data(args)
+    data = prepare_train_data(config)
     for warning in data.warnings:
         _log(info, f"warning: {warning}")
-    val_images = prepare_val_data(args, data)
+    val_images = prepare_val_data(config.data.val_data, data)
 
-    seed_everything(args.seed)  # same initial weights on every rank
-    model = create_student(args.model, data.num_classes, args.pretrained, args.drop_path, **parse_model_kwargs(args.model_kwargs))
-    if args.mode == "deit":
+    student = config.model
+    seed_everything(config.run.seed)  # same initial weights on every rank
+    kwargs = parse_model_kwargs(student.model_kwargs)
+    model = create_student(student.model, data.num_classes, student.pretrained, student.drop_path, **kwargs)
+    if config.distill.mode == "deit":
         if not hasattr(model, "set_distilled_training"):
-            raise SetupError(f"--mode deit needs a distillation-token model (e.g. deit_tiny_distilled_patch16_224), {args.model} has none")
+            raise SetupError(
+                f"--mode deit needs a distillation-token model (e.g. deit_tiny_distilled_patch16_224), {student.model} has none"
+            )
         model.set_distilled_training(True)
-    cfg = student_data_config(model, args.input_size, args.mean, args.std, args.interpolation, args.crop_pct)
-    amp_dtype = resolve_amp(args.amp, device)
-    channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
+    cfg = student_data_config(model, student)
+    amp_dtype = resolve_amp(config.optim.amp, device)
+    channels_last = device.type == "cuda" if config.optim.channels_last is None else config.optim.channels_last
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    seed_everything(derived_seed(args.seed, info.rank))  # per-rank stream for dropout & co.
+    seed_everything(derived_seed(config.run.seed, info.rank))  # per-rank stream for dropout & co.
 
-    dataset, sampler, loader, val_loader = build_loaders(args, data, cfg, val_images, info)
-    mode = build_mode(args, data, device)
-    projector = build_feature_projector(args, model, mode, cfg.input_size, device)
+    dataset, sampler, loader, val_loader = build_loaders(config, data, cfg, val_images, info)
+    mode = build_mode(config, data, device)
+    projector = build_feature_projector(config, model, mode, cfg.input_size, device)
     trained = model if projector is None else FeatureStudent(model, projector)  # the student alone is evaluated, averaged and saved as such
-    optimizer, scheduler, scaler = build_optimization(args, trained, len(loader), amp_dtype, device)
-    ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
+    optimizer, scheduler, scaler = build_optimization(config.optim, trained, len(loader), amp_dtype, device)
+    ema = ModelEmaV3(model, decay=student.model_ema_decay) if student.model_ema else None
     # Feature modes may leave parameters without gradient (the classifier without --gt-weight, the head of a map student).
     train_model = DistributedDataParallel(
         trained, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=projector is not None
     ) if info.distributed else trained
-    if args.compile:
+    if student.compile:
         train_model = torch.compile(train_model)
 
     state = TrainingState(model, optimizer, scheduler, scaler, ema, projector)
@@ -190,28 +198,30 @@ def _run(args: argparse.Namespace, info: DistInfo, output_dir: OutputDir) -> Non
         except (ValueError, RuntimeError, KeyError) as exc:
             raise SetupError(f"cannot resume from {resume_path}: {exc}") from None
         _log(info, f"resumed from {resume_path} after epoch {progress.epoch}")
-    recorded, notes = resolved_args(args, data, cfg)
+    recorded, notes = resolved_config(config, data, cfg)
     if info.is_main:
         output_dir.create(recorded, notes)
 
     normalizer = Normalizer(cfg.mean, cfg.std, device)
+    augment = config.augment
     trainer = Trainer(
         train_model, mode, optimizer, scheduler, scaler, normalizer, info, len(loader),
-        mixer=build_mixer(args), eraser=build_eraser(args.reprob, args.remode, args.recount, device),
-        ema=ema, student=model, amp_dtype=amp_dtype, channels_last=channels_last, clip_grad=args.clip_grad, clip_mode=args.clip_mode, log_every=args.log_every,
+        mixer=build_mixer(augment), eraser=build_eraser(augment.reprob, augment.remode, augment.recount, device),
+        ema=ema, student=model, amp_dtype=amp_dtype, channels_last=channels_last, clip_grad=config.optim.clip_grad,
+        clip_mode=config.optim.clip_mode, log_every=config.run.log_every,
     )
-    crops_per_rank = len(sampler) * args.crops_per_image
+    crops_per_rank = len(sampler) * config.data.crops_per_image
     _log(
         info,
-        f"fkd-train: mode {args.mode}{'' if projector is None else ', ' + projector.describe()}, {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params) on {device} x{info.world_size}, "
-        f"{len(dataset)} images x {args.crops_per_image} crops at {cfg.input_size}px, {len(loader)} steps/epoch of "
-        f"{args.batch_size} images, {args.epochs} epochs, output {output}",
+        f"fkd-train: mode {config.distill.mode}{'' if projector is None else ', ' + projector.describe()}, {student.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params) on {device} x{info.world_size}, "
+        f"{len(dataset)} images x {config.data.crops_per_image} crops at {cfg.input_size}px, {len(loader)} steps/epoch of "
+        f"{config.data.batch_size} images, {config.optim.epochs} epochs, output {output}",
     )
     train_epochs(recorded, trainer, loader, sampler, val_loader, state, progress, output, crops_per_rank)
 
 
 def train_epochs(
-    args: argparse.Namespace,
+    config: TrainConfig,
     trainer: Trainer,
     loader: DataLoader,
     sampler: EpochSampler,
@@ -221,14 +231,16 @@ def train_epochs(
     output: Path,
     crops_per_rank: int,
 ) -> None:
+    """The epochs left after ``progress``; ``config``: the resolved one every checkpoint records."""
     info = trainer.info
-    saver = CheckpointSaver(output, args.keep_checkpoints)
+    epochs, seed = config.optim.epochs, config.run.seed
+    saver = CheckpointSaver(output, config.run.keep_checkpoints)
     runlog = RunLog(output, progress.epoch) if info.is_main else None
-    show = info.is_main and not args.no_progress
-    saved_args = json.loads(json.dumps(vars(args), default=str))
-    for epoch in range(progress.epoch, args.epochs):
+    show = info.is_main and not config.run.no_progress
+    recorded = config.to_args()
+    for epoch in range(progress.epoch, epochs):
         sampler.set_epoch(epoch)
-        mix_generator = torch.Generator().manual_seed(derived_seed(args.seed, epoch, info.rank, 2))
+        mix_generator = torch.Generator().manual_seed(derived_seed(seed, epoch, info.rank, 2))
         started = time.perf_counter()
         stats = train_one_epoch(trainer, loader, epoch, mix_generator, crops_per_rank if show else None)
         record: dict[str, Any] = {
@@ -251,9 +263,9 @@ def train_epochs(
         progress.epoch = epoch + 1
         rngs = all_gather_objects(rng_state(), info)
         if info.is_main:
-            saver.save(build_checkpoint(state, progress, rngs, saved_args), improved)
+            saver.save(build_checkpoint(state, progress, rngs, recorded), improved)
             runlog.append(record)
-            print(epoch_line(record, args.epochs), flush=True)
+            print(epoch_line(record, epochs), flush=True)
         barrier(info)
     if info.is_main and progress.best_epoch >= 0:
         print(best_line(progress.best_top1, progress.best_epoch + 1, state.ema is not None, output), flush=True)

@@ -6,9 +6,9 @@ model built with ``img_size=32`` (or trained from scratch on CIFAR) still carrie
 
 from __future__ import annotations
 
-import argparse
 import difflib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import timm
@@ -17,6 +17,7 @@ from timm.data import resolve_model_data_config
 from timm.models import get_pretrained_cfg
 from torch import nn
 
+from .config import ModelConfig
 from .errors import SetupError
 
 
@@ -31,7 +32,7 @@ class StudentDataConfig:
     crop_pct: float
 
 
-def parse_model_kwargs(items: "list[str] | None") -> dict[str, Any]:
+def parse_model_kwargs(items: "Sequence[str] | None") -> dict[str, Any]:
     """['img_size=32', 'depth=2'] -> {'img_size': 32, 'depth': 2} (values parsed as YAML scalars)."""
     kwargs: dict[str, Any] = {}
     for item in items or []:
@@ -42,28 +43,29 @@ def parse_model_kwargs(items: "list[str] | None") -> dict[str, Any]:
     return kwargs
 
 
-def fit_input_size(args: argparse.Namespace) -> None:
-    """Make --input-size and the img_size of a fixed-size model (a ViT: timm's ``fixed_input_size``) agree,
-    in place, before args.yaml records them.
+def fit_input_size(model: ModelConfig) -> ModelConfig:
+    """``model`` with --input-size and the img_size of a fixed-size model (a ViT: timm's
+    ``fixed_input_size``) made to agree, before args.yaml records them.
 
     Such a model takes inputs of its img_size only (timm asserts at the first step). --input-size
     alone sets img_size (resampling pretrained position embeddings); img_size alone sets the input
     size; both, when they differ, are refused. Models of any input size, and ``dynamic_img_size``
     ViTs, are left as they are."""
-    cfg = get_pretrained_cfg(args.model)
-    kwargs = parse_model_kwargs(args.model_kwargs)
+    cfg = get_pretrained_cfg(model.model)
+    kwargs = parse_model_kwargs(model.model_kwargs)
     if cfg is None or not cfg.fixed_input_size or kwargs.get("dynamic_img_size"):
-        return
+        return model
     img_size = kwargs.get("img_size")
-    if img_size is None and args.input_size not in (None, cfg.input_size[-1]):
-        args.model_kwargs = [*(args.model_kwargs or []), f"img_size={args.input_size}"]
-    elif isinstance(img_size, int) and args.input_size is None:
-        args.input_size = img_size
-    elif None not in (img_size, args.input_size) and img_size not in (args.input_size, [args.input_size] * 2):
+    if img_size is None and model.input_size not in (None, cfg.input_size[-1]):
+        return replace(model, model_kwargs=(*(model.model_kwargs or ()), f"img_size={model.input_size}"))
+    if isinstance(img_size, int) and model.input_size is None:
+        return replace(model, input_size=img_size)
+    if None not in (img_size, model.input_size) and img_size not in (model.input_size, [model.input_size] * 2):
         raise SetupError(
-            f"--input-size {args.input_size} differs from --model-kwargs img_size={img_size}: {args.model} takes inputs of its "
+            f"--input-size {model.input_size} differs from --model-kwargs img_size={img_size}: {model.model} takes inputs of its "
             "img_size only; make them equal (or give one of them: the other follows)"
         )
+    return model
 
 
 def create_student(name: str, num_classes: int, pretrained: bool = False, drop_path: "float | None" = None, **kwargs: Any) -> nn.Module:
@@ -84,20 +86,13 @@ def create_student(name: str, num_classes: int, pretrained: bool = False, drop_p
         raise
 
 
-def student_data_config(
-    model: nn.Module,
-    input_size: "int | None" = None,
-    mean: "list[float] | None" = None,
-    std: "list[float] | None" = None,
-    interpolation: "str | None" = None,
-    crop_pct: "float | None" = None,
-) -> StudentDataConfig:
-    """The model's timm data config with any of its values overridden."""
+def student_data_config(model: nn.Module, settings: ModelConfig) -> StudentDataConfig:
+    """The model's timm data config with any of its values that ``settings`` gives overridden."""
     cfg = resolve_model_data_config(model)
     return StudentDataConfig(
-        input_size=int(input_size or cfg["input_size"][-1]),
-        mean=tuple(mean or cfg["mean"]),
-        std=tuple(std or cfg["std"]),
-        interpolation=interpolation or cfg.get("interpolation", "bilinear"),
-        crop_pct=float(crop_pct or cfg.get("crop_pct", 0.875)),
+        input_size=int(settings.input_size or cfg["input_size"][-1]),
+        mean=tuple(settings.mean or cfg["mean"]),
+        std=tuple(settings.std or cfg["std"]),
+        interpolation=settings.interpolation or cfg.get("interpolation", "bilinear"),
+        crop_pct=float(settings.crop_pct or cfg.get("crop_pct", 0.875)),
     )

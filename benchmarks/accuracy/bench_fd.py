@@ -40,20 +40,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from benchmarks.accuracy.bench_accuracy import (
-    KERAS_TEACHER_TOP1,
-    RECIPE,
-    Run,
-    summarize,
-    train,
-)
-from benchmarks.accuracy.bench_vit import (
-    Size,  # the blocks share one notion of their size
-)
+from benchmarks.accuracy.toolkit import RECIPE, Run, Size, summarize, train
 from benchmarks.common import (
     BENCH_DIR,
     CACHE,
     KERAS_TEACHER,
+    KERAS_TEACHER_TOP1,
     REPO_ROOT,
     LabelSetting,
     balanced_subset,

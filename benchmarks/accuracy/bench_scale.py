@@ -21,9 +21,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from benchmarks.accuracy.bench_accuracy import KERAS_TEACHER_TOP1, RECIPE, Run, summarize, teacher_top1, train
+from benchmarks.accuracy.toolkit import RECIPE, Run, summarize, teacher_top1, train
 from benchmarks.common import (
-    CACHE, REPO_ROOT, LabelSetting, balanced_subset, converted_store, full_store, markdown_table, result_path, save_result,
+    CACHE,
+    KERAS_TEACHER_TOP1,
+    REPO_ROOT,
+    LabelSetting,
+    balanced_subset,
+    converted_store,
+    full_store,
+    markdown_table,
+    result_path,
+    save_result,
 )
 from fkd.data.images import list_images
 

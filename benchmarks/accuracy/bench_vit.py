@@ -55,11 +55,20 @@ import argparse
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from benchmarks.accuracy.bench_accuracy import KERAS_TEACHER_TOP1, Run, summarize, teacher_top1, train
+from benchmarks.accuracy.toolkit import Run, Size, summarize, teacher_top1, train
 from benchmarks.common import (
-    CACHE, REPO_ROOT, LabelSetting, balanced_subset, converted_store, full_store, markdown_table, result_path, save_result,
+    CACHE,
+    KERAS_TEACHER_TOP1,
+    REPO_ROOT,
+    LabelSetting,
+    balanced_subset,
+    converted_store,
+    full_store,
+    markdown_table,
+    result_path,
+    save_result,
 )
 from fkd.data.images import list_images
 
@@ -73,16 +82,6 @@ FLAGS = ("--interpolation", "bilinear", "--mean", "0.5", "0.5", "0.5", "--std", 
 """Every row alike: the store's resizing, ViT's mean/std for DeiT as well, one DataLoader worker."""
 CROPS = 4
 WARMUP_FRACTION = 0.1
-
-
-@dataclass(frozen=True)
-class Size:
-    """How big the block is: train and test images per class, stored crops M, epochs."""
-
-    per_class: int
-    store_crops: int
-    test_per_class: int
-    epochs: int
 
 
 FULL = Size(per_class=1000, store_crops=32, test_per_class=1000, epochs=1)

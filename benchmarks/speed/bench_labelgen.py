@@ -27,9 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.common import CACHE, KERAS_TEACHER, balanced_subset, markdown_table, ratio, result_path, save_result  # noqa: E402
-from fkd.payload import quantize  # noqa: E402
 from fkd.data.crops import CropParams, boxes_to_fixed, replay_fixed, sample_crops  # noqa: E402
 from fkd.data.images import list_images, load_image  # noqa: E402
+from fkd.payload import quantize  # noqa: E402
 from fkd.store import LabelStore, ShardData, compress_records, new_meta, open_for_writing, write_shard  # noqa: E402
 from fkd.teacher.teachers import create_teacher  # noqa: E402
 from labelgen import cli as labelgen_cli  # noqa: E402

@@ -39,7 +39,17 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.common import (  # noqa: E402
-    CACHE, REPO_ROOT, LabelSetting, balanced_subset, converted_store, markdown_table, ratio, run_logged, result_path, save_result, script,
+    CACHE,
+    REPO_ROOT,
+    LabelSetting,
+    balanced_subset,
+    converted_store,
+    markdown_table,
+    ratio,
+    result_path,
+    run_logged,
+    save_result,
+    script,
     threads_env,
 )
 

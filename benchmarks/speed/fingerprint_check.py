@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 
 import fkd.data.images as images_module
-
 from benchmarks.common import balanced_subset, save_result
 from benchmarks.speed.multicrop import build_store, make_image_folder, measure
 

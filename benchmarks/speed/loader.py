@@ -45,11 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.common import markdown_table, ratio, result_path, save_result  # noqa: E402
 from benchmarks.speed import loader_profile  # noqa: E402
 from benchmarks.speed.loader_data import IMAGE_SIZE, LoaderInputs, OfficialFKDDataset, make_inputs  # noqa: E402
+from fkd.data.device_replay import DecodeOnlyDataset, collate_uncut  # noqa: E402
 from fkd.data.images import list_images  # noqa: E402
-from fkd.store import LabelStore  # noqa: E402
 from fkd.data.multicrop import EpochSampler, MultiCropDataset, collate_crops  # noqa: E402
 from fkd.data.plan import StoreCropPlanner  # noqa: E402
-from fkd.data.device_replay import DecodeOnlyDataset, collate_uncut  # noqa: E402
+from fkd.store import LabelStore  # noqa: E402
 
 SIZE = 224
 COLUMNS = [

@@ -21,14 +21,13 @@ from PIL import Image
 from timm.data import ImageDataset, create_transform
 from torch.utils.data import default_collate
 
+from benchmarks.speed.loader_data import LoaderInputs
 from fkd.data.crops import fixed_to_boxes, replay, replay_fixed
+from fkd.data.device_replay import DecodeOnlyDataset, collate_uncut
 from fkd.data.images import read_image
-from fkd.store import LabelStore
 from fkd.data.multicrop import CropSample, MultiCropDataset, collate_crops
 from fkd.data.plan import StoreCropPlanner
-from fkd.data.device_replay import DecodeOnlyDataset, collate_uncut
-
-from benchmarks.speed.loader_data import LoaderInputs
+from fkd.store import LabelStore
 
 
 class StageClock:

@@ -25,9 +25,9 @@ from torch.utils.data import DataLoader
 
 from benchmarks.common import REPO_ROOT, balanced_subset, save_result
 from fkd.data.images import list_images, read_image
-from fkd.store import LabelStore
 from fkd.data.multicrop import EpochSampler, MultiCropDataset, collate_crops
 from fkd.data.plan import StoreCropPlanner
+from fkd.store import LabelStore
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 from conftest import make_image_folder, write_random_store  # noqa: E402  (the test suite's store writer)

@@ -28,7 +28,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fkd.data import crops
-
 from fkd.payload import quantize
 from fkd.store import LabelStore, ShardData, compress_records, new_meta, open_for_writing, write_shard
 

@@ -30,7 +30,6 @@ import numpy as np
 import zstandard
 
 from fkd.data import crops
-
 from fkd.payload import quantize
 from fkd.payload.schemes import SCHEMES, Scheme
 from fkd.store.format import RecordLayout

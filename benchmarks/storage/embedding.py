@@ -31,13 +31,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.common import CACHE, KERAS_TEACHER, balanced_subset, markdown_table, result_path, save_result, store_bytes  # noqa: E402
-from fkd.payload import embedding_codec  # noqa: E402
 from fkd.data.crops import CropParams, boxes_to_fixed, replay_fixed, sample_crops  # noqa: E402
-from fkd.payload.embedding_spec import EmbeddingSpec  # noqa: E402
-from fkd.teacher.features import create_feature_extractor  # noqa: E402
 from fkd.data.images import list_images, read_image  # noqa: E402
+from fkd.payload import embedding_codec  # noqa: E402
+from fkd.payload.embedding_spec import EmbeddingSpec  # noqa: E402
 from fkd.store import EmbeddingLayout, LabelStore, ShardData, compress_records, new_meta, open_for_writing, write_shard  # noqa: E402
 from fkd.store.layout import PayloadField  # noqa: E402
+from fkd.teacher.features import create_feature_extractor  # noqa: E402
 from fkd.zoo.keras_cifar10 import CLASS_NAMES, PRETRAINED_CFG, create_model  # noqa: E402
 
 FEATURE_LAYER = "dense_1_relu"

@@ -21,7 +21,6 @@ from .images import UNKNOWN_LABEL, ImageList, ImageMismatchError, check_fingerpr
 from .sources import ImageSource
 from .tars import TarSource
 
-
 SIZE_CHECK_IMAGES = 32
 """How many images (spread over the store) are decoded to compare their size with the store's."""
 
@@ -137,6 +136,16 @@ def val_in_class_space(val: ImageList, class_names: list[str], store: "LabelStor
                                 "name validation folders like the training classes")
     index = {n: i for i, n in enumerate(class_names)}
     return apply_class_map(val, {n: index[n] for n in names}, class_names)
+
+
+def checked_val_images(val: ImageList, class_names: list[str], store: "LabelStore | None", whose: str, num_classes: int) -> ImageList:
+    """--val-data ready to score a model of ``num_classes`` classes trained on ``class_names``
+    (``val_in_class_space``): every image labelled, every label one of the model's classes."""
+    val = val_in_class_space(val, class_names, store, whose)
+    check_labels_known(val.labels, val.image_ids, "--val-data", "evaluation")
+    if int(val.labels.max()) >= num_classes:
+        raise DataMismatchError(f"--val-data has labels up to {int(val.labels.max())} but the model has {num_classes} classes")
+    return val
 
 
 def check_labels_known(labels: np.ndarray, ids: list[str], source: str, mode: str) -> None:

@@ -29,13 +29,12 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from .crops import fixed_to_boxes, parse_interpolation
-from .sources import ImageSource
-
 from .augment import CropAugment
+from .crops import fixed_to_boxes, parse_interpolation
+from .errors import ReplayError
 from .multicrop import CropBatch, CropTargets, MultiCropDataset, collate_crops, collate_targets
 from .plan import PAYLOAD_FIELDS, CropPlanner
-from .errors import ReplayError
+from .sources import ImageSource
 
 REPLAY_DEVICES = ("cpu", "cuda")
 

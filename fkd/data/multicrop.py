@@ -147,7 +147,15 @@ def collate_targets(samples: "Sequence[Any]") -> dict[str, "torch.Tensor | None"
 
 class EpochSampler(DistributedSampler):
     """torch's DistributedSampler (shuffled by seed + epoch, split into disjoint per-rank parts,
-    padded to equal length) yielding (epoch, index) so datasets in any worker know the epoch."""
+    padded to equal length) yielding (epoch, index) so datasets in any worker know the epoch.
+    Call ``set_epoch`` before each epoch. ``num_replicas`` and ``rank`` default to the initialized
+    process group's, or, in a process without one, to the whole data set (where torch's raises)."""
+
+    def __init__(self, dataset: Dataset, num_replicas: "int | None" = None, rank: "int | None" = None, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool = False):
+        alone = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+        super().__init__(dataset, 1 if alone and num_replicas is None else num_replicas, 0 if alone and rank is None else rank,
+                         shuffle, seed, drop_last)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
         return ((self.epoch, int(i)) for i in super().__iter__())

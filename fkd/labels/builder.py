@@ -17,10 +17,19 @@ from tqdm import tqdm
 
 from ..data.images import ImageEntry, ImageList
 from ..store import (
-    MANIFEST_NAME, ImageLabels, LabelStore, Manifest, PayloadLayout, ShardData, StoreMeta, compress_records, open_for_writing,
-    remove_store, store_lock, write_shard,
+    MANIFEST_NAME,
+    ImageLabels,
+    LabelStore,
+    Manifest,
+    PayloadLayout,
+    ShardData,
+    StoreMeta,
+    compress_records,
+    open_for_writing,
+    remove_store,
+    store_lock,
+    write_shard,
 )
-
 from .errors import LabelsError
 
 

@@ -16,10 +16,15 @@ from pathlib import Path
 
 from ..payload.embedding_spec import EMBEDDING_DTYPES
 from ..payload.schemes import SCHEMES
-
 from .errors import LabelsError
 from .fkd_format import (
-    DEFAULT_SHARD_SIZE, DEFAULT_TEACHER, FKD_CROP_SCALE, FKD_INPUT_SIZE, FKD_INTERPOLATION, INTERPOLATIONS, SIDECAR_NAME,
+    DEFAULT_SHARD_SIZE,
+    DEFAULT_TEACHER,
+    FKD_CROP_SCALE,
+    FKD_INPUT_SIZE,
+    FKD_INTERPOLATION,
+    INTERPOLATIONS,
+    SIDECAR_NAME,
 )
 from .subset import SUBSET_HELP, SubsetSpec, parse_subset
 
@@ -168,7 +173,6 @@ def run_verify(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     from ..store import LabelStore
-
     from .show import render
 
     with LabelStore(args.store, payload=None) as store:
@@ -191,7 +195,6 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     from ..payload.quantize import stored_top_k
-
     from .import_fkd import import_fkd
     from .import_settings import ImportOptions
 

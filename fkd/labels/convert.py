@@ -35,7 +35,6 @@ from ..payload import embedding_codec, quantize
 from ..payload.embedding_spec import EMBEDDING_DTYPES
 from ..payload.quantize import LabelCodec, Scheme, stored_top_k
 from ..store import ImageLabels, LabelStore, Manifest, StoreMeta, copy_meta
-
 from .builder import image_list_fingerprint, iter_records, prepare_output, write_store
 from .errors import LabelsError
 from .subset import SubsetSpec, select

@@ -34,7 +34,6 @@ from ..data.crops import fixed_to_boxes
 from ..payload.quantize import LabelCodec, stored_top_k
 from ..payload.schemes import Scheme
 from ..store import LabelStore, StoreMeta
-
 from .differences import describe_differences
 from .errors import LabelsError
 from .fkd_format import SIDECAR_NAME, fkd_file_name

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from ..payload.quantize import Scheme
-
 from .errors import LabelsError
 
 # torch.load(weights_only=True) refuses numpy arrays unless their reconstruction is allowed. The

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from ..store import StoreError, StoreMeta
 from ..store.files import atomic_write_bytes
-
 from .errors import LabelsError
 from .fkd_format import SIDECAR_NAME
 

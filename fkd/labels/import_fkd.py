@@ -40,7 +40,6 @@ from ..data.crops import boxes_to_fixed
 from ..data.images import ImageList, fingerprint, list_images
 from ..payload.quantize import Scheme, index_dtype, stored_top_k
 from ..store import ImageLabels, Manifest, StoreMeta, copy_meta, new_meta
-
 from .builder import image_list_fingerprint, prepare_output, write_store
 from .errors import LabelsError
 from .fkd_files import FkdPayload, load_fkd_file, payload_kind, pixel_boxes

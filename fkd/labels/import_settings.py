@@ -19,7 +19,6 @@ from typing import Any
 
 from ..payload.schemes import Scheme
 from ..store import UNKNOWN_PRECISION, StoreMeta
-
 from .errors import LabelsError
 from .fkd_format import DEFAULT_TEACHER, FKD_CROP_SCALE, FKD_INPUT_SIZE, FKD_INTERPOLATION, IMPORTED_SOURCE
 

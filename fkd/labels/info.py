@@ -14,7 +14,6 @@ from typing import Any
 
 from ..payload.quantize import Scheme, stored_top_k
 from ..store import MANIFEST_NAME, LabelStore, Manifest, shard_file_problem
-
 from .differences import full_values
 from .fkd_format import is_imported
 from .subset import StoreSubset, SubsetSpec

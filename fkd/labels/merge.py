@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from ..store import LabelStore, Manifest, copy_meta
-
 from .builder import image_list_fingerprint, iter_records, prepare_output, write_store
 from .differences import describe_differences
 from .errors import LabelsError

@@ -27,12 +27,11 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from ..payload import quantize  # noqa: E402
 from ..data.crops import fixed_to_boxes, replay_fixed  # noqa: E402
 from ..data.images import ImageLocation, ImageMismatchError, check_fingerprint, list_images, read_image  # noqa: E402
-from ..store import ImageLabels, LabelStore, StoreMeta  # noqa: E402
 from ..data.tars import is_tar_data  # noqa: E402
-
+from ..payload import quantize  # noqa: E402
+from ..store import ImageLabels, LabelStore, StoreMeta  # noqa: E402
 from .errors import LabelsError  # noqa: E402
 
 MAX_BARS = 10

@@ -2,12 +2,19 @@
 
 from .errors import StoreCorruptError, StoreError, StoreFormatError, StoreIncompleteError, StoreMismatchError, StorePayloadError
 from .format import FORMAT_VERSION, MANIFEST_NAME, PAYLOADS, UNKNOWN_PRECISION, StoreMeta
+from .integrity import file_sha256, shard_file_problem
 from .layout import EmbeddingLayout, PayloadLayout, RecordLayout
 from .manifest import Manifest, ShardInfo
-from .integrity import file_sha256, shard_file_problem
 from .reader import ImageLabels, LabelStore
 from .writer import (
-    ShardData, compress_records, copy_meta, new_meta, open_for_writing, remove_store, store_lock, write_shard,
+    ShardData,
+    compress_records,
+    copy_meta,
+    new_meta,
+    open_for_writing,
+    remove_store,
+    store_lock,
+    write_shard,
 )
 
 __all__ = [

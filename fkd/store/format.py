@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from ..payload.embedding_spec import EmbeddingSpec
-from ..teacher.precision import PRECISIONS
 from ..payload.quantize import LabelCodec, Scheme, index_dtype, payload_shape, stored_top_k
+from ..teacher.precision import PRECISIONS
 from .errors import StoreFormatError, StorePayloadError
 from .layout import EmbeddingLayout, PayloadLayout, RecordLayout
 

@@ -36,9 +36,9 @@ from ..payload.embedding_codec import decode as decode_embedding
 from ..payload.quantize import LabelCodec
 from .errors import StoreCorruptError, StoreError, StoreIncompleteError
 from .format import StoreMeta
+from .integrity import shard_file_problem
 from .layout import PayloadLayout
 from .manifest import Manifest
-from .integrity import shard_file_problem
 
 
 @dataclass

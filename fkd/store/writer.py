@@ -27,8 +27,8 @@ from .. import __version__
 from ..payload.schemes import Scheme
 from .errors import StoreError, StoreMismatchError
 from .files import default_file_mode, fsync_dir
-from .integrity import file_sha256
 from .format import CODEC, LABELS_FORMAT_VERSION, MANIFEST_NAME, SHARD_PATTERN, StoreMeta
+from .integrity import file_sha256
 from .layout import PayloadLayout
 from .manifest import Manifest, ShardInfo
 

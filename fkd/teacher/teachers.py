@@ -10,10 +10,10 @@ them (names, checkpoint sha256, sizes, normalization) in the label store.
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import importlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +24,10 @@ import torch
 from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_model_data_config
 from torch import nn
 
+from ..store.integrity import file_sha256
 from .errors import TeacherError
 from .precision import DEFAULT_PRECISION, check_precision, teacher_precision
 from .pretrained import create_timm_model
-from ..store.integrity import file_sha256
 
 
 @dataclass(frozen=True)
@@ -137,8 +137,8 @@ class Teacher(nn.Module):
 
 
 def create_teacher(
-    names: list[str],
-    checkpoints: list[str | None] | None = None,
+    names: Sequence[str],
+    checkpoints: Sequence[str | None] | None = None,
     module: str | None = None,
     num_classes: int | None = None,
     pretrained: bool = True,
@@ -148,6 +148,7 @@ def create_teacher(
     precision: str = DEFAULT_PRECISION,
 ) -> Teacher:
     """Build the teacher: timm models ``names`` then, if given, ``module`` (``pkg.mod:factory``).
+    (A command line's teacher options reach it as a ``fkd.teacher.options.TeacherSpec``: ``spec.create``.)
 
     ``checkpoints`` has one entry per member in that order (None: timm pretrained weights or the
     factory's default), or a single entry for a single member. Every member gets crops of the same
@@ -182,7 +183,7 @@ def create_teacher(
     return Teacher(members, temperature, size, torch.device(device), precision)
 
 
-def check_teacher_spec(names: list[str], checkpoints: list[str | None] | None = None, module: str | None = None) -> None:
+def check_teacher_spec(names: Sequence[str], checkpoints: Sequence[str | None] | None = None, module: str | None = None) -> None:
     """What can be checked without building a model (names, files, imports), so that a command
     refuses a typo before it starts a cluster; ``create_teacher`` finds the rest."""
     for name, is_module, _ in _member_specs(names, checkpoints, module):
@@ -192,7 +193,7 @@ def check_teacher_spec(names: list[str], checkpoints: list[str | None] | None = 
             _check_timm_name(name)
 
 
-def _member_specs(names: list[str], checkpoints: list[str | None] | None, module: str | None) -> list[tuple[str, bool, Path | None]]:
+def _member_specs(names: Sequence[str], checkpoints: Sequence[str | None] | None, module: str | None) -> list[tuple[str, bool, Path | None]]:
     """(name, is a factory module, checkpoint path) per member: timm names first, then the module."""
     specs = [(n, False) for n in names] + ([(module, True)] if module else [])
     if not specs:
@@ -330,17 +331,3 @@ def _describe(member: _Member, input_size: tuple[int, int]) -> dict[str, Any]:
         "std": list(cfg.std),
         "interpolation": cfg.interpolation,
     }
-
-
-def teacher_from_args(args: argparse.Namespace, device: str | torch.device = "cpu") -> Teacher:
-    return create_teacher(
-        names=args.teacher or [],
-        checkpoints=args.checkpoint,
-        module=args.teacher_module,
-        num_classes=args.num_classes,
-        pretrained=args.pretrained,
-        temperature=args.temperature,
-        input_size=getattr(args, "input_size", None),
-        device=device,
-        precision=args.teacher_precision,
-    )

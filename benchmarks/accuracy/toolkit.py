@@ -1,0 +1,159 @@
+"""What every accuracy block (bench_accuracy.py and its --scale, --vit and --fd blocks) trains
+and reads with: the Run record, the equal-work schedule, train() with its cache of finished runs,
+the teacher's own top-1 and the per-configuration summary over seeds.
+
+It lives apart from the entry point so that the blocks import it and the entry point imports the
+blocks, never the other way round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import KERAS_TEACHER, REPO_ROOT, LabelSetting, converted_store, run_logged, script, threads_env
+from fkd.data.images import list_images, load_image
+from fkd.teacher.teachers import create_teacher
+from train.mode_names import DISTILL_MODES, STORE_MODES
+
+RECIPE = REPO_ROOT / "configs" / "bench-cifar10.yaml"
+ABLATION_CROPS = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One fkd-train run: a mode (and scheme), crops per image, seed; for fkd also the store's M
+    (None: the setting's), the ground-truth weight and the stored-crop order. The ViT block
+    (bench_vit.py) also sets the recipe, the distillation flags of online-kd / deit (``--kd`` names
+    the run), flags of its own and a fixed epoch count; their defaults give the CNN runs' argv."""
+
+    mode: str
+    scheme: "str | None"
+    top_k: int
+    crops: int
+    seed: int
+    store_crops: "int | None" = None
+    gt_weight: float = 0.0
+    stored_crops: str = "cycle"
+    recipe: Path = RECIPE
+    kd: tuple[str, ...] = ("--kd-alpha", "1.0")  # online-kd: pure soft KD (--kd soft, --kd-tau 1: the defaults)
+    extra: tuple[str, ...] = ()
+    epochs: "int | None" = None  # None: the equal-work schedule's
+    tag: str = ""  # names what ``extra`` changes when two runs differ by it alone
+
+    @property
+    def name(self) -> str:
+        label = self.mode if self.scheme is None else f"{self.mode}-{self.scheme}" + (f"-k{self.top_k}" if self.scheme.startswith("marginal") else "")
+        label += f"-{self.kd[self.kd.index('--kd') + 1]}" if "--kd" in self.kd and self.mode in DISTILL_MODES else ""
+        extra = (f"-M{self.store_crops}" if self.store_crops else "") + (f"-gt{self.gt_weight:g}" if self.gt_weight else "")
+        extra += "-random" if self.stored_crops != "cycle" else ""
+        extra += f"-{self.tag}" if self.tag else ""
+        return f"{label}{extra}-n{self.crops}"
+
+
+@dataclass(frozen=True)
+class Size:
+    """How big a block is: train and test images per class, stored crops M, epochs."""
+
+    per_class: int
+    store_crops: int
+    test_per_class: int
+    epochs: int
+
+
+@dataclass(frozen=True)
+class Schedule:
+    images_per_step: int
+    epochs: int
+    steps: int
+
+
+def schedule(crops_per_image: int, samples_per_step: int, epoch_unit: int, images: int) -> Schedule:
+    """Equal work for every n: S/n images of n crops per step, and 8/n times the epochs of n=8,
+    so runs make the same number of steps of S crops when ``images`` is a multiple of S."""
+    images_per_step = samples_per_step // crops_per_image
+    epochs = epoch_unit * (max(ABLATION_CROPS) // crops_per_image)
+    return Schedule(images_per_step, epochs, -(-images // images_per_step) * epochs)
+
+
+def train(run: Run, args: argparse.Namespace, setting: LabelSetting, data: Path, test: Path, root: Path) -> dict:
+    """Run fkd-train (or reuse a finished run of the same settings) and read its log."""
+    plan = schedule(run.crops, args.samples_per_step, args.epoch_unit, len(list_images(data)))
+    if run.epochs:
+        plan = replace(plan, epochs=run.epochs, steps=plan.steps // plan.epochs * run.epochs)
+    images_per_step, epochs = plan.images_per_step, plan.epochs
+    out = root / f"{run.name}-seed{run.seed}"
+    argv = [script("fkd-train"), "-c", str(run.recipe), "--mode", run.mode, "--data", str(data), "--val-data", str(test),
+            "--output", str(out), "--seed", str(run.seed), "--epochs", str(epochs), "--batch-size", str(images_per_step),
+            "--crops-per-image", str(run.crops), *run.extra]
+    if run.mode == "online-kd":
+        argv += ["--teacher-module", KERAS_TEACHER]
+    if run.mode in DISTILL_MODES:
+        argv += list(run.kd)
+    if run.mode in STORE_MODES and run.scheme is not None:  # fkd without a scheme: embeddings only (bench_fd.py)
+        store_setting = replace(setting, crops=run.store_crops) if run.store_crops else setting
+        argv += ["--store", str(converted_store(store_setting, run.scheme, run.top_k)), "--stored-crops", run.stored_crops]
+        argv += ["--gt-weight", str(run.gt_weight)] if run.gt_weight else []
+    done = out / "benchmark.json"
+    recipe_sha256 = hashlib.sha256(run.recipe.read_bytes()).hexdigest()
+    if done.exists():
+        record = json.loads(done.read_text())
+        # The argv names the recipe by path: its hash tells an edited recipe from the one the run used
+        # (records written before the hash was kept are taken at their argv's word).
+        if record.get("argv") == argv and record.get("recipe_sha256", recipe_sha256) == recipe_sha256:
+            return {**record["result"], "reused": True}
+    if out.exists():
+        for stale in out.iterdir():
+            stale.unlink()
+    wall = run_logged(argv, out / "train.log", threads_env(args.threads))
+    epochs_log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+    samples = sum(e["samples"] for e in epochs_log)
+    train_seconds = sum(e["samples"] / e["samples_per_s"] for e in epochs_log)
+    result = {
+        "name": run.name, "mode": run.mode, "scheme": run.scheme, "top_k": run.top_k, "crops_per_image": run.crops, "seed": run.seed,
+        "store_crops": run.store_crops or setting.crops, "gt_weight": run.gt_weight, "stored_crops": run.stored_crops,
+        "top1_per_epoch": [e["val_top1"] for e in epochs_log], "train_loss_per_epoch": [e["train_loss"] for e in epochs_log],
+        "epochs": epochs, "images_per_step": images_per_step, "steps": plan.steps,
+        "top1": epochs_log[-1]["val_top1"], "top5": epochs_log[-1]["val_top5"], "wall_seconds": wall,
+        "train_samples": samples, "train_samples_per_s": samples / train_seconds,
+    }
+    done.write_text(json.dumps({"argv": argv, "recipe_sha256": recipe_sha256, "result": result}, indent=1))
+    print(f"  {run.name} seed {run.seed}: top-1 {result['top1']:.2f} %, {wall:.0f} s, {result['train_samples_per_s']:.0f} samples/s", flush=True)
+    return result
+
+
+@torch.no_grad()
+def teacher_top1(test: Path) -> float:
+    """The Keras teacher's top-1 on the same test images the students are scored on."""
+    teacher = create_teacher([], module=KERAS_TEACHER)
+    images = list_images(test)
+    correct = 0
+    for start in range(0, len(images), 500):
+        stop = min(start + 500, len(images))
+        batch = torch.stack([load_image(images.path(i)) for i in range(start, stop)]).float() / 255
+        correct += int((teacher(batch).argmax(1).cpu() == torch.from_numpy(images.labels[start:stop])).sum())
+    return 100.0 * correct / len(images)
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    """Mean and spread (sample std; None with one seed) of each configuration over its seeds."""
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        groups.setdefault(r["name"], []).append(r)
+    rows = []
+    for name, runs in groups.items():
+        top1 = [r["top1"] for r in runs]
+        rows.append({
+            **{k: runs[0].get(k) for k in ("name", "mode", "scheme", "top_k", "crops_per_image", "epochs", "images_per_step", "steps",
+                                           "store_crops", "gt_weight", "stored_crops")},
+            "seeds": len(runs), "top1_mean": statistics.fmean(top1), "top1_std": statistics.stdev(top1) if len(top1) > 1 else None,
+            "top1_runs": top1, "wall_seconds": statistics.fmean(r["wall_seconds"] for r in runs),
+            "train_samples_per_s": statistics.fmean(r["train_samples_per_s"] for r in runs),
+        })
+    return rows
