@@ -106,6 +106,15 @@ def run_logged(argv: Sequence[str], log: Path, env: "dict[str, str] | None" = No
     return seconds
 
 
+def module_env(flags: Sequence[str]) -> dict[str, str]:
+    """Environment for a command given a teacher module of this repository's ``benchmarks`` package
+    (``--teacher-module benchmarks....``): the console scripts import the installed packages only,
+    so the repository goes on their PYTHONPATH (and on Ray's workers', which inherit it)."""
+    if not any(str(f).startswith("benchmarks.") for f in flags):
+        return {}
+    return {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+
+
 def threads_env(threads: int) -> dict[str, str]:
     """Environment that caps torch's CPU threads in a child process. On a shared machine OpenMP
     threads that outnumber the free cores spin and wait on each other: while other processes kept
@@ -134,19 +143,35 @@ def label_stores(setting: LabelSetting) -> Path:
     return CACHE / "stores" / f"v{FORMAT_VERSION}" / setting.key
 
 
-def full_store(setting: LabelSetting, workers: int = 1) -> tuple[Path, float | None]:
-    """The full-scheme store of the real Keras teacher over the train subset, generated once with
-    fkd-labelgen and cached. Returns (store, labelgen seconds, or None when it came from the cache)."""
+@dataclass(frozen=True)
+class TeacherRef:
+    """A labelling teacher by its fkd-labelgen flags; ``key`` names its stores in the cache."""
+
+    key: str
+    flags: tuple[str, ...]
+
+
+KERAS = TeacherRef("keras", ("--teacher-module", KERAS_TEACHER))
+
+
+def full_store(setting: LabelSetting, workers: int = 1, teacher: TeacherRef = KERAS, gpus_per_worker: "float | None" = None,
+               ) -> tuple[Path, float | None]:
+    """The full-scheme store of ``teacher`` (default the real Keras CNN) over the train subset,
+    generated once with fkd-labelgen and cached (``workers`` Ray workers of 1 CPU, and
+    ``gpus_per_worker`` of a GPU each when given). Returns (store, labelgen seconds, or None when it
+    came from the cache)."""
     data = balanced_subset("train", setting.per_class, setting.seed)
-    out = label_stores(setting) / "full"
+    name = "full" if teacher == KERAS else f"full-{teacher.key}"
+    out = label_stores(setting) / name
     if (out / "store.json").exists() and json.loads((out / "store.json").read_text()).get("complete"):
         return out, None
+    devices = ["--cpus-per-worker", "1"] + (["--gpus-per-worker", f"{gpus_per_worker:g}"] if gpus_per_worker else [])
     seconds = run_logged(
-        [script("fkd-labelgen"), "--data", str(data), "--out", str(out), "--teacher-module", KERAS_TEACHER,
+        [script("fkd-labelgen"), "--data", str(data), "--out", str(out), *teacher.flags,
          "--scheme", "full", "--crops", str(setting.crops), "--seed", str(setting.seed),
-         "--crop-scale", *map(str, setting.crop_scale), "--workers", str(workers), "--cpus-per-worker", "1", "--shard-size", "500", "--no-progress",
+         "--crop-scale", *map(str, setting.crop_scale), "--workers", str(workers), *devices, "--shard-size", "500", "--no-progress",
          "--overwrite"],
-        out.parent / "labelgen-full.log",
+        out.parent / f"labelgen-{name}.log", module_env(teacher.flags),
     )
     return out, seconds
 

@@ -21,9 +21,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.accuracy.bench_accuracy import COLUMNS as ACCURACY_COLUMNS  # noqa: E402
 from benchmarks.accuracy.bench_fd import describe as describe_fd  # noqa: E402
-from benchmarks.accuracy.bench_scale import COLUMNS as SCALE_COLUMNS  # noqa: E402
+from benchmarks.accuracy.bench_full import describe as describe_full  # noqa: E402
+from benchmarks.accuracy.bench_scale import describe as describe_scale  # noqa: E402
 from benchmarks.accuracy.bench_vit import COLUMNS as VIT_COLUMNS  # noqa: E402
-from benchmarks.accuracy.bench_vit import verdict
+from benchmarks.accuracy.bench_vit import verdict, vit_claims  # noqa: E402
+from benchmarks.accuracy.controls import describe as describe_controls  # noqa: E402
 from benchmarks.common import BENCH_DIR, markdown_table  # noqa: E402
 from benchmarks.speed.bench_labelgen import COLUMNS as LABELGEN_COLUMNS  # noqa: E402
 from benchmarks.speed.bench_train_speed import COLUMNS as SPEED_COLUMNS  # noqa: E402
@@ -137,19 +139,15 @@ def labelgen(r: dict, png: str) -> str:
 
 
 def accuracy_scale(r: dict, png: str) -> str:
-    s = r["setting"]
-    lines = [
-        provenance(r), "",
-        f"Student {s['student']} (recipe `{s['recipe']}`), {s['train_images']} train images (balanced), {s['test_images']} test images, "
-        f"{s['seeds']} seeds; every run: {s['steps']} optimizer steps of {s['samples_per_step']} crops ({s['crops_per_image']} crops of "
-        f"{s['samples_per_step'] // s['crops_per_image']} images, {s['epochs']} epochs). Labels from one full-scheme store per M "
-        f"(re-quantized with `fkd-labels convert`). Teacher top-1 on the test set: **{r['teacher_top1']:.2f} %**. Test top-1 is the last "
-        f"epoch's; spread is the sample std over seeds. {s['jobs']} run(s) at a time, {s['threads']} thread(s) each. Pairing ratio: mean "
-        "|change| within epoch pairs (1-2, 3-4, ...) over mean |change| across them (about 1: smooth; well below 1: moves in pairs).", "",
-        markdown_table(r["rows"], SCALE_COLUMNS), "", "Claims:", "",
-    ]
-    lines += [f"- {c['claim']}: **{'holds' if c['holds'] else 'does not hold'}** ({c['measured']})" for c in r["claims"]]
-    return "\n".join(lines)
+    return provenance(r) + "\n\n" + describe_scale(r)
+
+
+def accuracy_full(r: dict, png: str) -> str:
+    return provenance(r) + "\n\n" + describe_full(r)
+
+
+def accuracy_controls(r: dict, png: str) -> str:
+    return provenance(r) + "\n\n" + describe_controls(r)
 
 
 def accuracy_vit(r: dict, png: str) -> str:
@@ -164,7 +162,7 @@ def accuracy_vit(r: dict, png: str) -> str:
         f"a time, {s['threads']} thread(s) each; wall s is per run.", "",
         markdown_table(r["rows"], VIT_COLUMNS), "", "DeiT's claims, and FKD's, at this budget:", "",
     ]
-    return "\n".join(lines + [verdict(c) for c in r["claims"]])
+    return "\n".join(lines + [verdict(c) for c in vit_claims(r["rows"])])  # from the rows: a claim added later reads earlier results
 
 
 def accuracy_fd(r: dict, png: str) -> str:
@@ -227,6 +225,8 @@ BLOCKS: dict[str, tuple[str, Callable[[dict, str], str], str]] = {
     "embedding-storage": ("storage/embedding", embedding_storage, ""),
     "accuracy": ("accuracy/bench_accuracy", accuracy, "accuracy"),
     "accuracy-scale": ("accuracy/accuracy-scale", accuracy_scale, ""),
+    "accuracy-full": ("accuracy/accuracy-full", accuracy_full, ""),
+    "accuracy-controls": ("accuracy/controls", accuracy_controls, ""),
     "accuracy-vit": ("accuracy/accuracy-vit", accuracy_vit, ""),
     "accuracy-fd": ("accuracy/accuracy-fd", accuracy_fd, ""),
     "train-speed": ("speed/train_speed", train_speed, ""),
@@ -238,7 +238,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict, str], str], str]] = {
 """README block -> (JSON path stem under benchmarks/, renderer, PNG stem)."""
 
 
-SINGLE_SETTING = {"accuracy-scale", "accuracy-vit", "accuracy-fd", "embedding-storage", "train-speed-gpu"}
+SINGLE_SETTING = {"accuracy-scale", "accuracy-full", "accuracy-controls", "accuracy-vit", "accuracy-fd", "embedding-storage", "train-speed-gpu"}
 """Blocks with one setting (no --quick variant)."""
 
 

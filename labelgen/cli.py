@@ -6,6 +6,11 @@
 With ``--target embedding`` each crop keeps the teacher's feature vector (``fkd.teacher.features``) instead
 of a soft label; the options that only shape soft labels are refused rather than ignored.
 
+The augmentation options (fkd-train's, under the same names: ``--randaugment``, ``--color-jitter``,
+``--reprob``, Mixup/CutMix) make a reinforced store: each crop's augmentation is drawn here, applied
+to the crop before the teacher labels it, and stored with the label (``fkd.store.views``), so
+fkd-train replays the very view the teacher saw.
+
 Options can come from a YAML file (``-c config.yaml``, keys are option names); flags override it.
 torch, Ray and h5py are imported only once the arguments are parsed, so ``--help`` and argument
 errors answer at once.
@@ -22,6 +27,7 @@ from typing import TYPE_CHECKING
 from fkd.config import add_config_arg, parse_args_with_config
 from fkd.payload.embedding_spec import EMBEDDING_DTYPES, NORMALIZATIONS
 from fkd.payload.schemes import SCHEMES
+from fkd.store.views import ERASE_MODES, RandAugmentSpec, ViewSpec
 from fkd.teacher.options import TeacherSpec, add_teacher_args
 
 if TYPE_CHECKING:
@@ -31,6 +37,8 @@ if TYPE_CHECKING:
 PROG = "fkd-labelgen"
 TARGETS = ("labels", "embedding")
 LABEL_ONLY = {"scheme": "--scheme", "top_k": "--top-k", "temperature": "--temperature", "class_map": "--class-map"}
+VIEW_FLAGS = {"mix_switch_prob": "--mixup-switch-prob"}
+"""ViewSpec fields whose flag is not --field-name (fkd-train's and timm's name)."""
 EMBEDDING_ONLY = {"embedding_from": "--embedding-from", "embedding_dtype": "--embedding-dtype", "embedding_norm": "--embedding-norm"}
 
 
@@ -107,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--embedding-norm", choices=NORMALIZATIONS, default="none",
                         help="normalization applied before storage (default none: raw features, training whitens as it likes); "
                         "l2 or layernorm (no affine) over the vector")
+    add_view_args(parser)
     compute = parser.add_argument_group("compute")
     compute.add_argument("--batch-size", type=int, default=256, metavar="B",
                          help="crops per teacher forward pass (batches are cut the same way whatever the number of workers)")
@@ -130,6 +139,50 @@ def build_parser() -> argparse.ArgumentParser:
                          help="times a shard is retried after its worker died or it failed, before the run stops")
     compute.add_argument("--no-progress", action="store_true", help="no progress bars (the final summary is still printed)")
     return parser
+
+
+def add_view_args(parser: argparse.ArgumentParser) -> None:
+    """The augmentation the teacher labels, under fkd-train's option names (a reinforced store)."""
+    views = parser.add_argument_group(
+        "augmentation (a reinforced store: each crop's augmentation is drawn here, applied before the teacher labels it and "
+        "stored with the label; fkd-train replays it exactly)")
+    views.add_argument("--randaugment", metavar="SPEC", default=None,
+                       help="timm RandAugment spec, e.g. rand-m9-mstd0.5 (m, n, p, mstd, mmax, inc as in timm); colour ops only "
+                       "(no rotate, shear or translate: they would move pixels out of the stored box)")
+    views.add_argument("--color-jitter", type=float, default=0.0, metavar="S",
+                       help="brightness/contrast/saturation jitter strength (0 = off), as fkd-train's")
+    views.add_argument("--reprob", type=float, default=0.0, metavar="P",
+                       help="random erasing probability per crop (timm's RandomErasing; DeiT: 0.25), applied to the view the teacher sees")
+    views.add_argument("--remode", choices=ERASE_MODES, default="pixel",
+                       help="random erasing fill, as in timm, mapped to pixels with the teacher's mean/std")
+    views.add_argument("--recount", type=int, default=1, metavar="N", help="random erasing: up to N boxes per crop")
+    views.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                       help="Mixup Beta alpha (0 = off): each crop is mixed with another image's stored crop and the teacher labels "
+                       "the mixed view (stored: the partner and lambda)")
+    views.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA", help="CutMix Beta alpha (0 = off), as --mixup (stored: the box)")
+    views.add_argument("--mix-prob", "--mixup-prob", dest="mix_prob", type=float, default=1.0, metavar="P",
+                       help="probability that a crop is mixed (timm's mix prob, per crop)")
+    views.add_argument("--mixup-switch-prob", type=float, default=0.5, metavar="P",
+                       help="probability of CutMix instead of Mixup when both are on, as in timm")
+    views.add_argument("--mix-partners", type=int, default=1, metavar="G",
+                       help="other images each image's crops are mixed with (crop c with image c mod G): each costs one more decode "
+                       "per image here and in training")
+
+
+def view_spec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> "ViewSpec | None":
+    """The augmentation asked for (None: a plain store, as before version 6)."""
+    if args.randaugment:
+        try:
+            RandAugmentSpec.parse(args.randaugment)
+        except ValueError as exc:
+            parser.error(f"--randaugment {exc}")
+    try:
+        spec = ViewSpec(args.randaugment or None, args.color_jitter, args.reprob, args.remode, args.recount, args.mixup, args.cutmix,
+                        args.mix_prob, args.mixup_switch_prob, args.mix_partners)
+    except ValueError as exc:  # "augmentation NAME must ...": name the flag
+        name = str(exc).split()[1]
+        parser.error(str(exc).replace(f"augmentation {name}", VIEW_FLAGS.get(name, "--" + name.replace("_", "-")), 1))
+    return spec if spec.active else None
 
 
 def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> "RunConfig":
@@ -158,7 +211,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         data=args.data,
         out=Path(args.out),
         teacher=TeacherSpec.from_namespace(args),
-        labels=LabelSettings(scheme, top_k, args.crops, args.seed, crop_params, args.shard_size, embedding),
+        labels=LabelSettings(scheme, top_k, args.crops, args.seed, crop_params, args.shard_size, embedding, view_spec(args, parser)),
         batch_size=args.batch_size,
         threads=args.threads,
         class_map=args.class_map,

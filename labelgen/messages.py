@@ -7,7 +7,7 @@ from typing import Any
 
 from fkd.data.crops import CropParams
 from fkd.data.images import ImageLocation
-from fkd.store import RecordLayout, ShardData
+from fkd.store import RecordLayout, ShardData, ViewSpec
 
 from .errors import BadImage
 
@@ -32,6 +32,7 @@ class LabelSettings:
     crop_params: CropParams
     shard_size: int
     embedding: "EmbeddingSettings | None" = None  # set: store the teacher's features, not soft labels
+    views: "ViewSpec | None" = None  # set: each crop's augmentation, applied before the teacher and stored (format 6)
 
 
 @dataclass(frozen=True)
@@ -49,13 +50,17 @@ class ShardTask:
     """One shard of work: the images [start, start + len(images)) of the store, in store order.
 
     ``layout`` comes from the store metadata so that the workers pack records exactly the way the
-    reader will unpack them.
+    reader will unpack them. A store with Mixup/CutMix pairs also sends the images the shard's crops
+    are mixed with (``partners``, by store index: they may live in other shards; the worker decodes
+    them itself) and the store's image count, which the pairs are drawn over.
     """
 
     shard: int
     start: int
     images: list[ImageRef]
     layout: RecordLayout
+    num_images: int = 0
+    partners: dict[int, ImageRef] = field(default_factory=dict)
 
 
 @dataclass

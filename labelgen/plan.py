@@ -13,6 +13,7 @@ from typing import Any
 
 from fkd.data.classes import store_class_names
 from fkd.data.images import ImageList
+from fkd.data.mixing import image_partners
 from fkd.payload.embedding_spec import EmbeddingSpec
 from fkd.store import MANIFEST_NAME, Manifest, RecordLayout, StoreError, StoreMeta, new_meta
 
@@ -71,6 +72,7 @@ def store_meta(
         mean=teacher.mean,
         std=teacher.std,
         seed=settings.seed,
+        augmentation=settings.views,
         data_fingerprint=images.fingerprint(),
         bad_images=[b.to_dict() for b in bad],
     )
@@ -97,11 +99,22 @@ def _payload_settings(
 
 
 def pending_shards(manifest: Manifest, kept: list[ImageRef]) -> list[ShardTask]:
-    """One task per shard the store does not have yet, in shard order."""
+    """One task per shard the store does not have yet, in shard order, with the images its crops
+    are mixed with when the store pairs crops (``shard_partners``)."""
     meta = manifest.meta
     layout: RecordLayout = meta.record_layout()
     tasks = []
     for shard in manifest.missing_shards():
         start, stop = meta.shard_range(shard)
-        tasks.append(ShardTask(shard, start, kept[start:stop], layout))
+        tasks.append(ShardTask(shard, start, kept[start:stop], layout, len(kept), shard_partners(meta, kept, start, stop)))
     return tasks
+
+
+def shard_partners(meta: StoreMeta, kept: list[ImageRef], start: int, stop: int) -> dict[int, ImageRef]:
+    """The images that images [start, stop) are paired with (by store index), any shard's: the
+    worker decodes each once per image it pairs with (``fkd.data.mixing``). Empty without pairs."""
+    spec = meta.augmentation
+    if spec is None or not spec.mixes:
+        return {}
+    wanted = {int(j) for i in range(start, stop) for j in image_partners(spec, meta.seed, kept[i].image_id, i, len(kept))}
+    return {j: kept[j] for j in sorted(wanted)}

@@ -12,6 +12,10 @@ bitwise identical for the same device type, threads and batch size.
 What the teacher computes per batch, soft labels or embeddings, is ``labelgen.targets``'s business: the
 worker only sees a forward and an encoder whose payload ``arrays()`` it buffers and packs.
 
+In a reinforced store (``LabelSettings.views``) each crop's augmentation is drawn and applied before
+the teacher (``fkd.data.views``), and a paired crop is mixed with its partner's crop, rendered from
+the partner image (decoded once per image; the task lists partners of any shard) as training will.
+
 The class is plain Python (tests drive it directly); ``labelgen.pool`` runs it as a Ray actor.
 """
 
@@ -24,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
@@ -31,7 +36,9 @@ import torch
 
 from fkd.data.crops import boxes_to_fixed, replay_fixed, sample_crops
 from fkd.data.images import BadImageError, LoadedImage, read_image
-from fkd.store import ShardData, compress_records
+from fkd.data.mixing import render_pairs
+from fkd.data.views import ViewRenderer, sample_views
+from fkd.store import ShardData, ViewParams, compress_records
 from fkd.teacher.options import TeacherSpec
 
 from .errors import BadImage
@@ -69,6 +76,7 @@ class PreparedImage:
     flips: np.ndarray  # (M,) bool
     size: tuple[int, int]  # original (height, width)
     fingerprint: int  # CRC-32 of the image file's bytes
+    params: "ViewParams | None" = None  # a reinforced store's augmentation of the M crops, as stored
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,6 +100,9 @@ class LabelWorker:
         self.target: BatchTarget = batch_target(self.teacher, config.labels)
         self.input_size = tuple(self.teacher.data_config.input_size)
         self.interpolation = self.teacher.data_config.interpolation
+        cfg = self.teacher.data_config
+        views = config.labels.views
+        self.views = None if views is None else ViewRenderer(views, config.labels.seed, tuple(cfg.mean), tuple(cfg.std))
         self.pool = ThreadPoolExecutor(max(1, config.decode_threads), thread_name_prefix="fkd-decode")
 
     def info(self) -> TeacherInfo:
@@ -134,6 +145,7 @@ class LabelWorker:
         flips: list[np.ndarray] = []
         sizes: list[tuple[int, int]] = []
         fingerprints: list[int] = []
+        params: list[ViewParams] = []
         records: list[bytes] = []
         pending = PayloadBuffer()
         batcher = CropBatcher(self.config.batch_size)
@@ -148,15 +160,16 @@ class LabelWorker:
             if done:
                 first = len(records)
                 per_image = (None if a is None else a.reshape(done, m, *a.shape[1:]) for a in pending.take(done * m))
-                records.extend(
-                    compress_records(task.layout, np.stack(fixed[first : first + done]), np.stack(flips[first : first + done]), *per_image)
-                )
+                views = ViewParams.stack(params[first : first + done]) if params else None
+                records.extend(compress_records(
+                    task.layout, np.stack(fixed[first : first + done]), np.stack(flips[first : first + done]), *per_image, views=views,
+                ))
                 if board is not None:
                     board.post.remote(task.shard, len(records))
             _maybe_crash()
 
         window = self.config.decode_threads + 2
-        for item in self._ordered(self._prepare, task.images, window):
+        for item in self._ordered(partial(self._prepare, task=task), enumerate(task.images, start=task.start), window):
             if isinstance(item, BadImage):
                 bad.append(item)
             if bad:
@@ -165,6 +178,8 @@ class LabelWorker:
             flips.append(item.flips)
             sizes.append(item.size)
             fingerprints.append(item.fingerprint)
+            if item.params is not None:
+                params.append(item.params)
             for batch in batcher.add(item.views):
                 run(batch)
         if bad:
@@ -180,20 +195,44 @@ class LabelWorker:
         )
         return ShardOutcome(task.shard, data=data, teacher_seconds=teacher_seconds)
 
-    def _prepare(self, image: ImageRef) -> "PreparedImage | BadImage":
-        cfg = self.config.labels
+    def _prepare(self, numbered: tuple[int, ImageRef], task: ShardTask) -> "PreparedImage | BadImage":
+        """Store image ``index``: its M crops as the teacher sees them, and what the record keeps."""
+        index, image = numbered
         loaded = _load(image)
         if isinstance(loaded, BadImage):
             return loaded
-        pixels = loaded.pixels
+        views, fixed, flips = self._cut(image.image_id, loaded.pixels, None)
+        height, width = (int(v) for v in loaded.pixels.shape[-2:])
+        if self.views is None:
+            return PreparedImage(views, fixed, flips, (height, width), loaded.fingerprint)
+        cfg = self.config.labels
+        params = sample_views(self.views.spec, cfg.seed, image.image_id, cfg.num_crops, self.input_size, index, task.num_images)
+        views = self.views.augment(views, params, image.image_id, np.arange(cfg.num_crops))
+        views = render_pairs(views, params, partial(self._partner_crops, task))
+        return PreparedImage(views, fixed, flips, (height, width), loaded.fingerprint, params)
+
+    def _cut(self, image_id: str, pixels: torch.Tensor, chosen: "np.ndarray | None") -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """Crops ``chosen`` of M (None: all) at the teacher's input size; the M boxes and flips."""
+        cfg = self.config.labels
         height, width = (int(v) for v in pixels.shape[-2:])
-        crops = sample_crops(image.image_id, height, width, cfg.num_crops, cfg.seed, cfg.crop_params)
+        crops = sample_crops(image_id, height, width, cfg.num_crops, cfg.seed, cfg.crop_params)
         fixed = boxes_to_fixed(crops.boxes, height, width)
         if self.device.type == "cuda":
             # Cut and resize on the GPU: the CPU threads only decode.
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
-        views = replay_fixed(pixels, fixed, crops.flips, self.input_size, self.interpolation)
-        return PreparedImage(views, fixed, crops.flips, (height, width), loaded.fingerprint)
+        rows = slice(None) if chosen is None else chosen
+        return replay_fixed(pixels, fixed[rows], crops.flips[rows], self.input_size, self.interpolation), fixed, crops.flips
+
+    def _partner_crops(self, task: ShardTask, index: int, chosen: np.ndarray) -> torch.Tensor:
+        """Crops ``chosen`` of partner image ``index`` with their own augmentation (never mixed again)."""
+        image = task.partners[index]
+        loaded = _load(image)
+        if isinstance(loaded, BadImage):
+            raise RuntimeError(f"partner image {image.image_id} (mixed into shard {task.shard}) is unreadable now: {loaded.reason}")
+        cfg = self.config.labels
+        crops, _, _ = self._cut(image.image_id, loaded.pixels, chosen)
+        params = sample_views(self.views.spec, cfg.seed, image.image_id, cfg.num_crops, self.input_size, index, task.num_images)
+        return self.views.augment(crops, params.take(chosen), image.image_id, chosen)
 
     @torch.inference_mode()
     def _label_batch(self, views: torch.Tensor) -> tuple[EncodedPayload, float]:

@@ -38,7 +38,7 @@ $PY - "$TEST" <<'PYTHON'
 import sys
 from pathlib import Path
 
-from benchmarks.accuracy.bench_accuracy import teacher_top1
+from benchmarks.accuracy.toolkit import teacher_top1
 from fkd.data.images import list_images
 
 test = Path(sys.argv[1])

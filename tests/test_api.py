@@ -31,6 +31,7 @@ from fkd.api import (
     soft_target_cross_entropy,
     validation_images,
 )
+from fkd.data.targets import confidence_gt_weights
 from fkd.store import Manifest, StorePayloadError
 from train.cli import main as train_main
 
@@ -131,6 +132,17 @@ def test_the_loss_with_a_ground_truth_share_is_the_formula(tiny: TinyData) -> No
         assert torch.allclose(soft_target_cross_entropy(logits, targets(batch)), expected, rtol=1e-6, atol=0)
     with pytest.raises(ValueError, match=r"^gt_weight must be in \[0, 1\], got 1.5$"):
         dataset.stored_targets(gt_weight=1.5)
+
+
+def test_the_ground_truth_share_by_confidence_follows_each_crops_stored_label(tiny: TinyData) -> None:
+    dataset = StoredCrops(tiny.store, tiny.train, crops_per_image=2, size=16)
+    batch = batches(dataset, epochs=1, batch_size=6)[0]
+    targets = dataset.stored_targets(gt_weight=0.3, gt_weight_by="confidence")
+    stored = targets.labels(batch)
+    share = confidence_gt_weights(stored, 0.3).unsqueeze(1)
+    expected = (1 - share) * stored + share * F.one_hot(batch.labels, 3).float()
+    assert torch.allclose(targets(batch), expected, rtol=0, atol=1e-7)
+    assert abs(share.mean().item() - 0.3) < 1e-6 and share.std().item() > 0
 
 
 def test_lookalike_images_are_refused_in_fkd_trains_words(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

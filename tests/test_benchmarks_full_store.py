@@ -64,13 +64,13 @@ def test_a_full_store_an_older_fkd_cached_is_labelled_again(tmp_path: Path, monk
     monkeypatch.setattr(common, "CACHE", tmp_path)
     monkeypatch.setattr(common, "balanced_subset", lambda split, per_class, seed: tmp_path / "data")
     labelled = []
-    monkeypatch.setattr(common, "run_logged", lambda argv, log: labelled.append(argv) or 12.5)
+    monkeypatch.setattr(common, "run_logged", lambda argv, log, env=None: labelled.append(argv) or 12.5)
     setting = common.LabelSetting(10, 8)
     stale = tmp_path / "stores" / setting.key / "full"  # where fkd cached it before format version 5
     stale.mkdir(parents=True)
     (stale / "store.json").write_text(json.dumps({"complete": True, "meta": {"format_version": 3}}))
     store, seconds = common.full_store(setting)
-    assert (store, seconds) == (tmp_path / "stores" / "v5" / setting.key / "full", 12.5)
+    assert (store, seconds) == (tmp_path / "stores" / f"v{common.FORMAT_VERSION}" / setting.key / "full", 12.5)
     assert labelled[0][labelled[0].index("--out") + 1] == str(store)
     monkeypatch.setattr(common, "full_store", lambda setting: (store, None))
     converted = common.converted_store(setting, "marginal-smoothing", 5)  # converted from it, beside it

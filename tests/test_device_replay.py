@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 
 from fkd.data.augment import build_crop_augment
 from fkd.data.crops import boxes_to_fixed, fixed_to_boxes, replay_fixed, sample_crops
-from fkd.data.device_replay import DecodeOnlyDataset, UncutBatch, collate_uncut, cut_crops, training_dataset
+from fkd.data.device_crops import cut_crops
+from fkd.data.device_replay import DecodeOnlyDataset, UncutBatch, collate_uncut, training_dataset
 from fkd.data.errors import ReplayError
 from fkd.data.images import list_images, read_image
 from fkd.data.multicrop import CropBatch, EpochSampler, MultiCropDataset, collate_crops

@@ -133,7 +133,7 @@ def test_wrong_format_version_and_hostile_metadata(random_store: tuple[Path, dic
     manifest_path = path / "store.json"
     original = json.loads(manifest_path.read_text())
     cases = [
-        ({"format_version": 99}, r"format version 99 is not supported \(this fkd reads versions 1, 2, 3, 4, 5\)"),
+        ({"format_version": 99}, r"format version 99 is not supported \(this fkd reads versions 1, 2, 3, 4, 5, 6\)"),
         ({"num_crops": "16"}, "metadata field num_crops must be an integer"),
         ({"num_crops": -3}, "num_crops must be in 1..65535"),
         ({"num_classes": 2**40}, "num_classes must be in"),

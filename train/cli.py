@@ -24,7 +24,7 @@ from fkd.teacher.options import add_teacher_args
 from .aug_levels import AUG_LEVELS, ERASE_MODES, apply_aug_level
 from .config import TrainConfig
 from .errors import SetupError
-from .mode_names import DISTILL_DEFAULTS, EMBED_LOSSES, FEATURE_DEFAULTS, MODES, PROJECTORS
+from .mode_names import CROP_SOURCES, DISTILL_DEFAULTS, EMBED_LOSSES, FEATURE_DEFAULTS, GT_WEIGHT_BY, MODES, PROJECTORS
 from .options import check_config
 
 AUG_LEVEL_HELP = ", ".join(f"{name} = mixup {level.mixup:g} + {level.randaugment or 'no RandAugment'}" for name, level in AUG_LEVELS.items())
@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stored-crops", choices=("cycle", "random"), default="cycle",
                    help="which of an image's M stored crops each epoch replays: cycle (default) deals them from a seeded "
                         "permutation, so every stored crop is used once before any repeats; random draws N afresh every epoch")
+    g.add_argument("--crop-source", choices=CROP_SOURCES,
+                   help="supervised/online-kd: fresh (default) draws new RandomResizedCrop boxes every epoch (in the store's "
+                        "area and aspect ranges when --store is given); store replays the --store's crops exactly as --mode fkd "
+                        "does (same pixels, same --stored-crops order) while the targets are made live (online-kd: the teacher "
+                        "labels the replayed crop): the control that tells which crops from which labels")
     g.add_argument("--allow-resized", action="store_true",
                    help="accept images whose size differs from the store's (the boxes are fractions of the image, mapped onto the resized copy)")
     g.add_argument("--color-jitter", type=float, default=0.0, help="per-crop brightness/contrast/saturation jitter strength (0 = off)")
@@ -125,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(with --smoothing applied to the one-hot), the usual cure for a weak teacher. With features: loss = (1-W)*"
                         "distill + W*CE(student logits, label), distill = embed-weight*feature loss (+ CE on the stored labels with "
                         "--store). Default 0: no ground truth (features alone then leave the classifier untrained)")
+    g.add_argument("--gt-weight-by", choices=GT_WEIGHT_BY, default="constant",
+                   help="fkd with --store: constant (default) gives every crop the share W; confidence gives crop i "
+                        "W_i = min(1, lam * (1 - max stored prob_i)), lam set per step so the batch's mean W_i is W (the same "
+                        "mean objective as constant W): more ground truth where the teacher was unsure, less where it was sure")
     g.add_argument("--smoothing", type=float, default=0.0, help="label smoothing of ground-truth targets (supervised, online-kd, deit; fkd and online-fd with --gt-weight; default 0)")
     g.add_argument("--kd", choices=("soft", "hard"), default=DISTILL_DEFAULTS["kd"],
                    help="online-kd/deit distillation: soft (KL at --kd-tau, x tau^2; deit: the stored distribution) or hard (CE on the teacher's top-1)")

@@ -23,8 +23,9 @@ G = TypeVar("G")
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The training images and their crops (a label store's, or drawn afresh in ``crop_scale``),
-    the validation images, and how they are loaded."""
+    """The training images and their crops (a label store's, or drawn afresh in ``crop_scale``;
+    ``crop_source``: supervised / online-kd's choice, None: fresh), the validation images, and how
+    they are loaded."""
 
     store: "str | None"
     data: str
@@ -33,6 +34,7 @@ class DataConfig:
     batch_size: int
     crop_scale: "tuple[float, float] | None"
     stored_crops: str
+    crop_source: "str | None"
     allow_resized: bool
     workers: int
     replay_device: str
@@ -101,6 +103,7 @@ class DistillConfig:
 
     mode: str
     gt_weight: float
+    gt_weight_by: str
     smoothing: float
     kd: str
     kd_alpha: float

@@ -50,10 +50,12 @@ class FKDMode:
     """Train on the stored soft labels: the teacher never runs. With ``gt_weight`` W > 0 the target
     is ``(1 - W) * stored + W * one_hot(label)`` (smoothed by ``smoothing``): soft-target CE being
     linear in the target, that is ``(1 - W) * CE(stored) + W * CE(ground truth)``, and Mixup/CutMix
-    mix the combined target with the image."""
+    mix the combined target with the image. ``gt_weight_by="confidence"``: W per crop, by the stored
+    label's confidence, at the batch mean W (``fkd.data.targets.confidence_gt_weights``)."""
 
-    def __init__(self, scheme: str, num_classes: int, gt_weight: float = 0.0, smoothing: float = 0.0, *, log_probs: bool = False):
-        self.stored = StoredTargets(LabelCodec(scheme, num_classes, log_probs=log_probs), num_classes, gt_weight, smoothing)
+    def __init__(self, scheme: str, num_classes: int, gt_weight: float = 0.0, smoothing: float = 0.0, *, log_probs: bool = False,
+                 gt_weight_by: str = "constant"):
+        self.stored = StoredTargets(LabelCodec(scheme, num_classes, log_probs=log_probs), num_classes, gt_weight, smoothing, gt_weight_by)
 
     def targets(self, batch: CropBatch) -> torch.Tensor:
         return self.stored(batch)  # fkd.api's StoredTargets: (1 - W) * stored + W * one-hot

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .config import DistillConfig, FeatureConfig, TrainConfig
 from .errors import SetupError
-from .mode_names import DISTILL_DEFAULTS, DISTILL_MODES, FEATURE_DEFAULTS, GT_WEIGHT_MODES, STORE_MODES
+from .mode_names import CROP_SOURCE_MODES, DISTILL_DEFAULTS, DISTILL_MODES, FEATURE_DEFAULTS, GT_WEIGHT_MODES, STORE_MODES, replays_store
 
 
 def flag(name: str) -> str:
@@ -35,8 +35,10 @@ def check_config(config: TrainConfig) -> None:
                          f"--mode {mode} has its own ground-truth term")
     if mode in GT_WEIGHT_MODES and distill.smoothing and not distill.gt_weight:
         raise SetupError(f"--smoothing smooths ground-truth targets: in --mode {mode} it needs --gt-weight W > 0")
-    if data.stored_crops != "cycle" and mode not in STORE_MODES:
-        raise SetupError(f"--stored-crops chooses among stored crops: --mode {mode} draws fresh random crops")
+    check_crop_source(config)
+    if data.stored_crops != "cycle" and not replays_store(mode, data.crop_source):
+        raise SetupError(f"--stored-crops chooses among stored crops: --mode {mode} draws fresh random crops"
+                         + (" (--crop-source store replays the store's)" if mode in CROP_SOURCE_MODES else ""))
     if mode == "deit" and not data.store:
         raise SetupError("--mode deit trains from a label store: give --store (or use --mode supervised / online-kd)")
     if mode == "fkd" and not (data.store or features.embed_store):
@@ -45,7 +47,36 @@ def check_config(config: TrainConfig) -> None:
     if mode in ("online-kd", "online-fd") and not config.teacher.members:
         raise SetupError(f"--mode {mode} runs a teacher: give --teacher NAME or --teacher-module pkg.mod:factory")
     check_distillation(distill, config.teacher.temperature)
+    check_gt_weight_by(config)
     check_features(features, mode, data.store, config.teacher.members)
+
+
+def check_crop_source(config: TrainConfig) -> None:
+    """--crop-source is supervised / online-kd's choice between fresh crops and a store's; the store
+    modes always replay the store, online-fd reads none."""
+    source, mode = config.data.crop_source, config.distill.mode
+    if source is None:
+        return
+    if mode not in CROP_SOURCE_MODES:
+        raise SetupError(f"--crop-source {source} has no effect in --mode {mode}: "
+                         + ("it always replays the store's crops" if mode in STORE_MODES else "it draws fresh crops and reads no store")
+                         + f"; --crop-source is for --mode {' and '.join(CROP_SOURCE_MODES)}")
+    if source == "store" and not config.data.store:
+        raise SetupError("--crop-source store replays the crops of a label store: give --store (the store --mode fkd would train on)")
+
+
+def check_gt_weight_by(config: TrainConfig) -> None:
+    """A per-crop ground-truth weight follows the stored labels' confidence: --mode fkd on a label
+    store, with a share W strictly between 0 and 1 for it to distribute."""
+    distill = config.distill
+    if distill.gt_weight_by == "constant":
+        return
+    if distill.mode != "fkd" or not config.data.store or config.features.embed_store:
+        raise SetupError(f"--gt-weight-by {distill.gt_weight_by} weighs the ground truth per crop by the stored labels' confidence: "
+                         "it needs --mode fkd with --store (and no --embed-store)")
+    if not 0 < distill.gt_weight < 1:
+        raise SetupError(f"--gt-weight-by {distill.gt_weight_by} distributes the share W over the crops: it needs 0 < --gt-weight < 1, "
+                         f"got {distill.gt_weight:g}")
 
 
 def check_distillation(distill: DistillConfig, teacher_temperature: float) -> None:

@@ -21,6 +21,7 @@ from fkd.data.images import ImageList
 from fkd.data.plan import RandomCropPlanner, derived_seed
 from fkd.data.sources import ImageSource
 from fkd.data.stored import list_data, plan_stored_crops
+from fkd.data.views import check_online_augment
 from fkd.payload.embedding_spec import EmbeddingSpec
 from fkd.store import LabelStore, StoreMeta, StorePayloadError
 from fkd.teacher.features import FeatureSourceError, TeacherFeatures
@@ -30,7 +31,7 @@ from fkd.teacher.teachers import Teacher
 from .config import AugmentConfig, DistillConfig, TrainConfig
 from .errors import SetupError
 from .feature_modes import EmbeddingMode, OnlineFDMode
-from .mode_names import STORE_MODES
+from .mode_names import STORE_MODES, replays_store
 from .modes import DeiTMode, FKDMode, OnlineKDMode, SupervisedMode, TrainMode
 from .projector import FeatureStudent, Projector, build_projector
 from .student import StudentDataConfig
@@ -63,6 +64,26 @@ RECOLOURED = (
     "not on what the student sees (online KD's teacher sees the recoloured crop). The ViT block of benchmarks/README.md "
     "measures what RandAugment costs stored labels there; leave it out unless your own runs say otherwise"
 )
+
+
+PAIR_GROUND_TRUTH = (
+    "{store} stores Mixup/CutMix pairs, so the ground truth of a crop is its two images' labels mixed by its own share; "
+    "{what} would train on the first image's label alone: use --mode fkd without --gt-weight on this store"
+)
+
+
+def check_reinforced(config: TrainConfig, store: LabelStore) -> None:
+    """A reinforced store (format version 6) replays each crop's stored augmentation: per-crop
+    augmentation on top, or batch Mixup/CutMix over stored pairs, is refused in one line; so is a
+    ground-truth target on stored pairs, which these modes do not mix yet."""
+    augment, distill = config.augment, config.distill
+    per_crop = [flag for flag, on in (("--randaugment", bool(augment.randaugment)), ("--color-jitter", augment.color_jitter > 0),
+                                      ("--reprob", augment.reprob > 0)) if on]
+    check_online_augment(store.meta, store.path, per_crop, batch_mixing=augment.mixup > 0 or augment.cutmix > 0)
+    spec = store.meta.augmentation
+    if spec is not None and spec.mixes and (distill.mode != "fkd" or distill.gt_weight > 0):
+        what = "--gt-weight" if distill.mode == "fkd" else f"--mode {distill.mode}"
+        raise SetupError(PAIR_GROUND_TRUTH.format(store=store.path, what=what))
 
 
 def recolour_warnings(augment: AugmentConfig) -> list[str]:
@@ -101,20 +122,21 @@ def prepare_train_data(config: TrainConfig) -> TrainData:
     store = labels or embeddings
     listing = list_data(data.data, "--data")
     notes = [UNTRAINED_CLASSIFIER] if classifier_untrained(config) else []
-    if mode in STORE_MODES:
+    if replays_store(mode, data.crop_source):  # the store modes, and supervised / online-kd with --crop-source store
         assert store is not None
         num_classes = check_num_classes(store.meta.num_classes, config.model.num_classes)
         if mode == "deit":
             deit_mode(distill, store.meta, num_classes)  # a --kd-tau the store cannot give is refused before the model is built
         stored = plan_stored_crops(labels, embeddings, listing, data.crops_per_image, seed, data.stored_crops, data.allow_resized,
                                    given=data.data)  # the checks and crops of fkd.api.StoredCrops
-        if mode == "deit" or distill.gt_weight > 0:
+        check_reinforced(config, store)  # a reinforced store's crops carry their augmentation: none is added on top
+        if mode != "fkd" or distill.gt_weight > 0:
             check_labels_known(store.labels, store.image_ids, "the store", f"{mode} --gt-weight" if mode == "fkd" else mode)
         spec = None if embeddings is None else embeddings.meta.embedding
         dims = None if embeddings is None else embeddings.meta.embedding_dims
+        recoloured = recolour_warnings(config.augment) if mode in STORE_MODES else []  # a live target sees the recoloured crop
         return TrainData(stored.images.source, stored.planner, num_classes, store.meta.interpolation, store,
-                         stored.warnings + recolour_warnings(config.augment) + notes, stored.class_names, stored.classes_of,
-                         store.meta.crop_scale, spec, dims)
+                         stored.warnings + recoloured + notes, stored.class_names, stored.classes_of, store.meta.crop_scale, spec, dims)
     images = in_store_classes(listing, store, "--data")
     if mode != "online-fd" or distill.gt_weight:
         check_labels_known(images.labels, images.image_ids, "--data", mode)
@@ -187,7 +209,8 @@ def build_mode(config: TrainConfig, data: TrainData, device: torch.device) -> Tr
         return EmbeddingMode(data.num_classes, data.embedding.dim, features.embed_loss, features.embed_weight, distill.gt_weight,
                              distill.smoothing, scheme=meta.scheme, log_probs=meta.full_log_probs, member_dims=data.member_dims)
     if distill.mode == "fkd":
-        return FKDMode(meta.scheme, data.num_classes, distill.gt_weight, distill.smoothing, log_probs=meta.full_log_probs)
+        return FKDMode(meta.scheme, data.num_classes, distill.gt_weight, distill.smoothing, log_probs=meta.full_log_probs,
+                       gt_weight_by=distill.gt_weight_by)
     if distill.mode == "deit":
         return deit_mode(distill, meta, data.num_classes)
     if distill.mode == "supervised":

@@ -144,7 +144,7 @@ STORE_COLUMNS = [("store", "store", ""), ("bytes_per_crop", "B/crop", ".1f"), ("
 
 def run_fd(args: argparse.Namespace) -> None:
     started = time.perf_counter()
-    seeds = range(args.seeds)
+    seeds = range(args.seeds or 2)
     setting = LabelSetting(SIZE.per_class, SIZE.store_crops)
     data, test = balanced_subset("train", SIZE.per_class, setting.seed), balanced_subset("test", SIZE.test_per_class, setting.seed)
     with ThreadPoolExecutor(2 if args.jobs > 1 else 1) as pool:  # the two teacher passes at once

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import KERAS_TEACHER, REPO_ROOT, LabelSetting, converted_store, run_logged, script, threads_env
+from benchmarks.common import KERAS_TEACHER, REPO_ROOT, LabelSetting, converted_store, module_env, run_logged, script, threads_env
 from fkd.data.images import list_images, load_image
 from fkd.teacher.teachers import create_teacher
 from train.mode_names import DISTILL_MODES, STORE_MODES
@@ -29,9 +29,13 @@ ABLATION_CROPS = (1, 2, 4, 8)
 @dataclass(frozen=True)
 class Run:
     """One fkd-train run: a mode (and scheme), crops per image, seed; for fkd also the store's M
-    (None: the setting's), the ground-truth weight and the stored-crop order. The ViT block
-    (bench_vit.py) also sets the recipe, the distillation flags of online-kd / deit (``--kd`` names
-    the run), flags of its own and a fixed epoch count; their defaults give the CNN runs' argv."""
+    (None: the setting's), the ground-truth weight (``gt_weight_by``: constant or per crop by the
+    stored confidence) and the stored-crop order. The ViT block (bench_vit.py) also sets the recipe,
+    the distillation flags of online-kd / deit (``--kd`` names the run), flags of its own and a fixed
+    epoch count; their defaults give the CNN runs' argv. ``crop_source="store"``: supervised /
+    online-kd on the crops of the ``scheme`` store (the scale block's control); ``teacher``: the
+    online teacher's flags (default the Keras CNN) and ``store`` a store path in place of the Keras
+    teacher's (bench_full.py's second teacher)."""
 
     mode: str
     scheme: "str | None"
@@ -45,16 +49,38 @@ class Run:
     kd: tuple[str, ...] = ("--kd-alpha", "1.0")  # online-kd: pure soft KD (--kd soft, --kd-tau 1: the defaults)
     extra: tuple[str, ...] = ()
     epochs: "int | None" = None  # None: the equal-work schedule's
-    tag: str = ""  # names what ``extra`` changes when two runs differ by it alone
+    tag: str = ""  # names what ``extra`` (or ``kd``, ``teacher``) changes when two runs differ by it alone
+    gt_weight_by: str = "constant"
+    crop_source: str = "fresh"
+    teacher: tuple[str, ...] = ()  # online-kd's teacher flags; () = the Keras CNN
+    store: "str | None" = None  # the label store; None = the Keras teacher's for the setting and scheme
 
     @property
     def name(self) -> str:
         label = self.mode if self.scheme is None else f"{self.mode}-{self.scheme}" + (f"-k{self.top_k}" if self.scheme.startswith("marginal") else "")
+        label = f"{self.mode}-stored-crops" if self.crop_source == "store" else label
         label += f"-{self.kd[self.kd.index('--kd') + 1]}" if "--kd" in self.kd and self.mode in DISTILL_MODES else ""
         extra = (f"-M{self.store_crops}" if self.store_crops else "") + (f"-gt{self.gt_weight:g}" if self.gt_weight else "")
+        extra += f"-{self.gt_weight_by}" if self.gt_weight_by != "constant" else ""
         extra += "-random" if self.stored_crops != "cycle" else ""
         extra += f"-{self.tag}" if self.tag else ""
         return f"{label}{extra}-n{self.crops}"
+
+    def flag(self, name: str, default: "str | None" = None) -> "str | None":
+        """The value of a distillation flag in ``kd`` (fkd-train's default when absent)."""
+        return self.kd[self.kd.index(name) + 1] if name in self.kd else default
+
+    def described(self, setting: LabelSetting) -> dict:
+        """What a result records of its run: how it was set, including its objective (online KD's
+        alpha, tau and kind; fkd's W) and where its crops came from."""
+        distills = self.mode in DISTILL_MODES
+        return {
+            "name": self.name, "mode": self.mode, "scheme": self.scheme, "top_k": self.top_k, "crops_per_image": self.crops, "seed": self.seed,
+            "store_crops": self.store_crops or setting.crops, "gt_weight": self.gt_weight, "gt_weight_by": self.gt_weight_by,
+            "stored_crops": self.stored_crops, "crop_source": "store" if self.mode in STORE_MODES else self.crop_source,
+            "kd": self.flag("--kd", "soft") if distills else None, "kd_alpha": float(self.flag("--kd-alpha", "0.5")) if distills else None,
+            "kd_tau": float(self.flag("--kd-tau", "1")) if distills else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -93,13 +119,17 @@ def train(run: Run, args: argparse.Namespace, setting: LabelSetting, data: Path,
             "--output", str(out), "--seed", str(run.seed), "--epochs", str(epochs), "--batch-size", str(images_per_step),
             "--crops-per-image", str(run.crops), *run.extra]
     if run.mode == "online-kd":
-        argv += ["--teacher-module", KERAS_TEACHER]
+        argv += list(run.teacher) or ["--teacher-module", KERAS_TEACHER]
     if run.mode in DISTILL_MODES:
         argv += list(run.kd)
-    if run.mode in STORE_MODES and run.scheme is not None:  # fkd without a scheme: embeddings only (bench_fd.py)
+    replays = run.mode in STORE_MODES or run.crop_source == "store"
+    if replays and run.scheme is not None:  # fkd without a scheme: embeddings only (bench_fd.py)
         store_setting = replace(setting, crops=run.store_crops) if run.store_crops else setting
-        argv += ["--store", str(converted_store(store_setting, run.scheme, run.top_k)), "--stored-crops", run.stored_crops]
+        store = run.store or converted_store(store_setting, run.scheme, run.top_k)
+        argv += ["--store", str(store), "--stored-crops", run.stored_crops]
+        argv += ["--crop-source", "store"] if run.crop_source == "store" else []
         argv += ["--gt-weight", str(run.gt_weight)] if run.gt_weight else []
+        argv += ["--gt-weight-by", run.gt_weight_by] if run.gt_weight_by != "constant" else []
     done = out / "benchmark.json"
     recipe_sha256 = hashlib.sha256(run.recipe.read_bytes()).hexdigest()
     if done.exists():
@@ -107,17 +137,16 @@ def train(run: Run, args: argparse.Namespace, setting: LabelSetting, data: Path,
         # The argv names the recipe by path: its hash tells an edited recipe from the one the run used
         # (records written before the hash was kept are taken at their argv's word).
         if record.get("argv") == argv and record.get("recipe_sha256", recipe_sha256) == recipe_sha256:
-            return {**record["result"], "reused": True}
+            return {**record["result"], **run.described(setting), "reused": True}
     if out.exists():
         for stale in out.iterdir():
             stale.unlink()
-    wall = run_logged(argv, out / "train.log", threads_env(args.threads))
+    wall = run_logged(argv, out / "train.log", threads_env(args.threads) | module_env(run.teacher))
     epochs_log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
     samples = sum(e["samples"] for e in epochs_log)
     train_seconds = sum(e["samples"] / e["samples_per_s"] for e in epochs_log)
     result = {
-        "name": run.name, "mode": run.mode, "scheme": run.scheme, "top_k": run.top_k, "crops_per_image": run.crops, "seed": run.seed,
-        "store_crops": run.store_crops or setting.crops, "gt_weight": run.gt_weight, "stored_crops": run.stored_crops,
+        **run.described(setting),
         "top1_per_epoch": [e["val_top1"] for e in epochs_log], "train_loss_per_epoch": [e["train_loss"] for e in epochs_log],
         "epochs": epochs, "images_per_step": images_per_step, "steps": plan.steps,
         "top1": epochs_log[-1]["val_top1"], "top5": epochs_log[-1]["val_top5"], "wall_seconds": wall,
@@ -129,9 +158,10 @@ def train(run: Run, args: argparse.Namespace, setting: LabelSetting, data: Path,
 
 
 @torch.no_grad()
-def teacher_top1(test: Path) -> float:
-    """The Keras teacher's top-1 on the same test images the students are scored on."""
-    teacher = create_teacher([], module=KERAS_TEACHER)
+def teacher_top1(test: Path, module: str = KERAS_TEACHER, checkpoint: "Path | None" = None, device: str = "cpu") -> float:
+    """A teacher's top-1 (default the Keras CNN) on the same test images the students are scored on,
+    through fkd's Teacher, as fkd-labelgen and online KD run it."""
+    teacher = create_teacher([], checkpoints=None if checkpoint is None else [str(checkpoint)], module=module, device=device)
     images = list_images(test)
     correct = 0
     for start in range(0, len(images), 500):
@@ -151,7 +181,7 @@ def summarize(results: list[dict]) -> list[dict]:
         top1 = [r["top1"] for r in runs]
         rows.append({
             **{k: runs[0].get(k) for k in ("name", "mode", "scheme", "top_k", "crops_per_image", "epochs", "images_per_step", "steps",
-                                           "store_crops", "gt_weight", "stored_crops")},
+                                           "store_crops", "gt_weight", "gt_weight_by", "stored_crops", "crop_source", "kd", "kd_alpha", "kd_tau")},
             "seeds": len(runs), "top1_mean": statistics.fmean(top1), "top1_std": statistics.stdev(top1) if len(top1) > 1 else None,
             "top1_runs": top1, "wall_seconds": statistics.fmean(r["wall_seconds"] for r in runs),
             "train_samples_per_s": statistics.fmean(r["train_samples_per_s"] for r in runs),

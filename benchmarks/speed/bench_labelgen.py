@@ -7,7 +7,11 @@ program doing that work in one process with every core: decode, cut crops, teach
 ``quantize.encode``, ``compress_records``, ``write_shard``; it runs with 1 thread (against one
 Ray worker of 1 CPU: the cost of Ray) and with every core. Reported per run: images/s while
 labelling (after Ray has started and the teacher is loaded) and end to end (whole command), and
-whether the Ray stores hold the same labels as the plain loop's.
+whether the Ray stores hold the same labels as the plain loop's. Then one Ray worker again with
+stored augmentation (a reinforced store, format version 6: ``benchmarks/storage/reinforced.py``'s
+flags): RandAugment + erasing (the ops' cost), and Mixup/CutMix pairs (each image's partner image
+decoded and cut too): what labelling the augmented views costs, against the same worker without;
+their boxes and flips must still equal the plain loop's (augmentation draws from its own stream).
 
     .venv/bin/python benchmarks/speed/bench_labelgen.py --quick    # < 10 min on 2 CPU cores
     .venv/bin/python benchmarks/speed/bench_labelgen.py
@@ -27,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.common import CACHE, KERAS_TEACHER, balanced_subset, markdown_table, ratio, result_path, save_result  # noqa: E402
+from benchmarks.storage.reinforced import ERASING, PAIRS, RANDAUGMENT  # noqa: E402
 from fkd.data.crops import CropParams, boxes_to_fixed, replay_fixed, sample_crops  # noqa: E402
 from fkd.data.images import list_images, load_image  # noqa: E402
 from fkd.payload import quantize  # noqa: E402
@@ -38,12 +43,16 @@ from labelgen.driver import run as labelgen_run  # noqa: E402
 SCHEME, TOP_K, SEED, SCALE, BATCH, SHARD = "marginal-smoothing", 5, 0, (0.25, 1.0), 256, 100
 
 
-def ray_run(data: Path, out: Path, crops: int, workers: int) -> dict:
+AUGMENTED = {"RandAugment + erasing": (*RANDAUGMENT, *ERASING), "Mixup/CutMix pairs": PAIRS}
+"""fkd-labelgen flags of the reinforced rows (a stored augmentation each)."""
+
+
+def ray_run(data: Path, out: Path, crops: int, workers: int, augment: tuple[str, ...] = ()) -> dict:
     """fkd-labelgen through its own entry point (argument parsing included), timed end to end;
-    each worker gets one CPU (one torch thread)."""
+    each worker gets one CPU (one torch thread); ``augment``: fkd-labelgen's augmentation flags."""
     argv = ["--data", str(data), "--out", str(out), "--teacher-module", KERAS_TEACHER, "--scheme", SCHEME, "--top-k", str(TOP_K),
             "--crops", str(crops), "--seed", str(SEED), "--crop-scale", *map(str, SCALE), "--batch-size", str(BATCH),
-            "--shard-size", str(SHARD), "--workers", str(workers), "--cpus-per-worker", "1", "--no-progress"]
+            "--shard-size", str(SHARD), "--workers", str(workers), "--cpus-per-worker", "1", "--no-progress", *augment]
     if torch.cuda.is_available():  # share the GPUs between the workers
         argv += ["--gpus-per-worker", f"{min(1.0, torch.cuda.device_count() / workers):g}"]
     started = time.perf_counter()
@@ -100,7 +109,8 @@ def _plain_run(data: Path, out: Path, crops: int) -> dict:
 
 def same_labels(a: Path, b: Path) -> dict:
     """Do two stores hold the same crops and labels? (Batches may run through different kernels,
-    so probabilities are compared with a float16 tolerance.)"""
+    so probabilities are compared with a float16 tolerance.) A reinforced store labels other views,
+    so its labels differ: its ``stored_augmentation`` says so; only its crops must be the same."""
     with LabelStore(a) as sa, LabelStore(b) as sb:
         boxes = indices = True
         worst = 0.0
@@ -109,13 +119,16 @@ def same_labels(a: Path, b: Path) -> dict:
             boxes &= bool(np.array_equal(ra.boxes_fixed, rb.boxes_fixed) and np.array_equal(ra.flips, rb.flips))
             indices &= bool(np.array_equal(ra.indices, rb.indices))
             worst = max(worst, float(np.abs(ra.values.astype(np.float32) - rb.values.astype(np.float32)).max()))
-    return {"same_boxes_and_flips": boxes, "same_top_k_classes": indices, "max_abs_probability_difference": worst}
+        augmentation = sb.meta.augmentation.describe() if sb.meta.reinforced else None
+    return {"same_boxes_and_flips": boxes, "same_top_k_classes": indices, "max_abs_probability_difference": worst,
+            "stored_augmentation": augmentation}
 
 
 COLUMNS = [
     ("runner", "runner", ""), ("images", "images", "d"), ("labelling_images_per_s", "labelling images/s", ".1f"),
     ("labelling_crops_per_s", "labelling crops/s", ",.0f"), ("vs_plain_labelling", "vs plain (labelling)", ".2f"),
     ("seconds", "end-to-end s", ".1f"), ("images_per_s", "end-to-end images/s", ".1f"), ("vs_plain", "vs plain (end to end)", ".2f"),
+    ("vs_unaugmented_labelling", "vs 1 worker unaugmented (labelling)", ".2f"),
 ]
 
 
@@ -138,6 +151,8 @@ def main() -> None:
         if cores > 1:
             runs[f"plain loop, {cores} threads"] = lambda out: plain_run(data, out, args.crops, cores)
         runs.update({f"fkd-labelgen, {w} Ray worker{'s' if w > 1 else ''} x 1 CPU": (lambda out, w=w: ray_run(data, out, args.crops, w)) for w in (1, 2)})
+        runs.update({f"fkd-labelgen, 1 Ray worker x 1 CPU, stored {name}": (lambda out, flags=flags: ray_run(data, out, args.crops, 1, flags))
+                     for name, flags in AUGMENTED.items()})
         for i, (name, fn) in enumerate(runs.items()):
             out = Path(tmp) / f"store{i}"
             row = {"runner": name, **fn(out), "store": out}
@@ -151,6 +166,9 @@ def main() -> None:
             row["vs_plain_labelling"] = ratio(row["labelling_images_per_s"], plain["labelling_images_per_s"])
             row["vs_plain"] = ratio(row["images_per_s"], plain["images_per_s"])
             row["labels_vs_plain"] = same_labels(plain["store"], row["store"]) if row is not plain else None
+        unaugmented = next(r for r in rows if r["runner"] == "fkd-labelgen, 1 Ray worker x 1 CPU")
+        for row in rows:
+            row["vs_unaugmented_labelling"] = ratio(row["labelling_images_per_s"], unaugmented["labelling_images_per_s"])
         for row in rows:
             del row["store"]
     result = {"setting": {"images": rows[0]["images"], "crops": args.crops, "scheme": SCHEME, "top_k": TOP_K, "batch_size": BATCH,

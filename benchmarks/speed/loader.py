@@ -14,7 +14,10 @@ through a DataLoader with the same workers and batch size (in images), crops at 
 - ``fkd n=1, 2, 4``: ``fkd-train``'s dataset: one record read + decode + n replayed crops (uint8 out);
 - ``fkd n=4 replay-device cuda``: the workers only decode (``DecodeOnlyDataset``); with
   ``--replay-device cuda`` on a CUDA machine the crops are also cut on the GPU, timed in the main
-  process, else the CPU side alone is measured.
+  process, else the CPU side alone is measured;
+- ``fkd n=4 stored ...``: the same on reinforced stores (format version 6): the workers also apply
+  each crop's stored RandAugment and erasing, or decode each image's partner image and mix its crops
+  in (Mixup/CutMix pairs: one more decode per image, whatever n, its extra cost per crop here).
 
 Per core: crops per CPU-second, the CPU time of the main process and of the workers
 (``getrusage``), which a shared, busy machine disturbs far less than wall time. The loaders run in
@@ -56,6 +59,7 @@ COLUMNS = [
     ("loader", "loader", ""), ("crops_per_image", "crops/image", "d"), ("images_per_s", "images/s", ",.1f"),
     ("crops_per_s", "crops/s", ",.1f"), ("cpu_ms_per_image", "CPU ms/image", ".2f"), ("crops_per_cpu_s", "crops/s per core", ",.1f"),
     ("vs_timm", "vs timm (per core)", ".2f"), ("vs_timm_uint8", "vs timm uint8", ".2f"),
+    ("extra_cpu_ms_per_crop", "CPU ms/crop over fkd n=4", "+.2f"),
 ]
 
 
@@ -80,6 +84,9 @@ def loaders(inputs: LoaderInputs, device: torch.device) -> list[Loader]:
     for n in (1, 2, 4):
         rows.append(Loader(f"fkd n={n}", n, MultiCropDataset(inputs.images, StoreCropPlanner(LabelStore(inputs.store), n, seed=0), SIZE, "bilinear"),
                            collate_crops, True))
+    for stored, store in inputs.reinforced.items():
+        rows.append(Loader(f"fkd n=4 {stored}", 4, MultiCropDataset(inputs.images, StoreCropPlanner(LabelStore(store), 4, seed=0), SIZE,
+                                                                     "bilinear"), collate_crops, True))
     name = "fkd n=4 replay-device cuda" + ("" if device.type == "cuda" else " (CPU side)")
     dataset = DecodeOnlyDataset(inputs.images, StoreCropPlanner(LabelStore(inputs.store), 4, seed=0), SIZE, "bilinear")
     rows.append(Loader(name, 4, dataset, partial(collate_uncut, size=SIZE, interpolation="bilinear"), True, uncut=True))
@@ -180,6 +187,9 @@ def main() -> None:
                 "layout": loader_profile.layout_trial(inputs, count, 4, SIZE),
             }
     fkd4 = next(r for r in rows if r["loader"] == "fkd n=4")
+    for row in rows:  # what a reinforced store's rendering costs on top of plain replay, per crop
+        if row["loader"].startswith("fkd n=4 stored"):
+            row["extra_cpu_ms_per_crop"] = (row["cpu_ms_per_image"] - fkd4["cpu_ms_per_image"]) / 4
     target = {"fkd_n4_vs_timm": fkd4["vs_timm"], "fkd_n4_vs_timm_uint8": fkd4["vs_timm_uint8"], "met": fkd4["vs_timm"] >= 3.0}
     print(markdown_table(rows, COLUMNS))
     print(f"target fkd n=4 >= 3x timm crops/s per core: {'met' if target['met'] else 'not met'} ({fkd4['vs_timm']:.2f}x)")

@@ -12,13 +12,16 @@ the official FKD files, one ``torch.save`` per image.
   ``torch.randperm`` a PIL ``resized_crop`` at the stored coordinates, flip, ``ToTensor``,
   ``Normalize``;
 - fkd: ``fkd.data.multicrop.MultiCropDataset`` (crops cut in the workers) or
-  ``fkd.data.device_replay.DecodeOnlyDataset`` (``--replay-device cuda``: the workers only decode).
+  ``fkd.data.device_replay.DecodeOnlyDataset`` (``--replay-device cuda``: the workers only decode);
+  on reinforced copies of the store (``REINFORCED``: the same records with stored augmentation drawn
+  as fkd-labelgen draws it, its labels left random) the workers also render the stored RandAugment
+  and erasing, or decode each image's partner image and mix its crops in.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +35,9 @@ from torchvision.transforms import functional as F
 from benchmarks.common import REPO_ROOT, balanced_subset
 from benchmarks.fkd_official import official_coords, official_labels, read_official, write_official
 from fkd.data.images import ImageList, list_images, read_image
-from fkd.store import LabelStore
+from fkd.data.views import sample_views
+from fkd.labels.builder import iter_records, write_store
+from fkd.store import LabelStore, ViewSpec, copy_meta
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 from conftest import write_random_store  # noqa: E402  (the test suite's store writer)
@@ -40,6 +45,11 @@ from conftest import write_random_store  # noqa: E402  (the test suite's store w
 IMAGE_SIZE = (375, 500)
 """(height, width) of the benchmark's images: ImageNet's most common size."""
 SCHEME, TOP_K = "marginal-smoothing", 5
+REINFORCED = {
+    "stored RandAugment + erasing": ViewSpec(randaugment="rand-m9-mstd0.5", reprob=0.25),
+    "stored Mixup/CutMix pairs": ViewSpec(mixup=0.8, cutmix=1.0),
+}
+"""The reinforced copies of the store the loader benchmark reads (benchmarks/storage/reinforced.py's DeiT settings)."""
 
 
 @dataclass
@@ -48,6 +58,7 @@ class LoaderInputs:
     store: Path  # fkd label store over them
     official: Path  # the same labels as official FKD files, <class>/<stem>.tar
     jpeg_kib: float  # mean file size
+    reinforced: dict[str, Path]  # REINFORCED's copies of ``store``, by name
 
 
 def make_inputs(root: Path, count: int, crops: int, classes: int = 10) -> LoaderInputs:
@@ -74,7 +85,19 @@ def make_inputs(root: Path, count: int, crops: int, classes: int = 10) -> Loader
         write_official(official_path(root / "official", image_id), official_coords(rec.boxes_fixed, *IMAGE_SIZE), rec.flips, labels)
     reader.close()
     kib = float(np.mean([images.path(i).stat().st_size for i in range(len(images))])) / 1024
-    return LoaderInputs(folder, store, root / "official", kib)
+    reinforced = {name: reinforced_copy(store, spec, root / f"reinforced-{i}") for i, (name, spec) in enumerate(REINFORCED.items())}
+    return LoaderInputs(folder, store, root / "official", kib, reinforced)
+
+
+def reinforced_copy(store: Path, spec: ViewSpec, out: Path) -> Path:
+    """``store``'s records with the augmentation ``spec`` draws for them at its crop size (the
+    views fkd-labelgen would store; the labels stay the plain store's)."""
+    with LabelStore(store) as source:
+        meta = source.meta
+        records = (replace(r, views=sample_views(spec, meta.seed, r.image_id, meta.num_crops, tuple(meta.input_size), r.index, len(source)))
+                   for r in iter_records(source, range(len(source))))
+        write_store(out, copy_meta(meta, augmentation=spec), records, desc="reinforcing")
+    return out
 
 
 def official_path(root: Path, image_id: str) -> Path:

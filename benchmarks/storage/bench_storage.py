@@ -14,7 +14,9 @@ same crops. For each scheme and K in {1, 5, 10} where it applies this measures:
   ``compression.synthetic_probs``; labelled as such) and as its uncompressed record bound.
 
 It also saves the real teacher probabilities (N, M, C) as .npy and runs the zstd-vs-HDF5-filter
-comparison of ``compression.py`` on them.
+comparison of ``compression.py`` on them, and measures the reinforced payloads (``reinforced.py``:
+the same images labelled with each stored augmentation, RandAugment, erasing, colour jitter,
+Mixup/CutMix pairs; bytes per crop against the plain store, marginal smoothing K=5).
 
     .venv/bin/python benchmarks/storage/bench_storage.py --quick      # < 10 min on 2 CPU cores
     .venv/bin/python benchmarks/storage/bench_storage.py              # full setting
@@ -35,6 +37,8 @@ from benchmarks.common import CACHE, LabelSetting, converted_store, full_store, 
 from benchmarks.fkd_official import allocated_bytes, official_coords, official_labels, write_official  # noqa: E402
 from benchmarks.storage.compression import measure as compression_measure  # noqa: E402
 from benchmarks.storage.compression import record_layout, synthetic_probs  # noqa: E402
+from benchmarks.storage.reinforced import COLUMNS as REINFORCED_COLUMNS  # noqa: E402
+from benchmarks.storage.reinforced import storage_rows as reinforced_rows  # noqa: E402
 from fkd.data import crops  # noqa: E402
 from fkd.payload import quantize  # noqa: E402
 from fkd.payload.quantize import payload_shape  # noqa: E402
@@ -209,15 +213,18 @@ def main() -> None:
     probs_path = store.parent / "teacher_probs.npy"
     np.save(probs_path, probs)
     codecs = compression_measure(probs, top_k=5, reads=min(500, len(probs)))
+    reinforced = reinforced_rows(setting)
     result = {
         "setting": {"per_class": args.per_class, "images": rows[0]["images"], "crops": args.crops, "classes": rows[0]["classes"],
                     "crop_scale": list(setting.crop_scale), "teacher": "fkd.zoo.keras_cifar10 (real, pretrained)",
                     "labelgen_seconds": labelgen_seconds, "quick": args.quick, "teacher_probs": str(probs_path)},
-        "cifar10": rows, "imagenet": imagenet, "codecs_real_labels": codecs, "quoted": QUOTED,
+        "cifar10": rows, "imagenet": imagenet, "codecs_real_labels": codecs, "reinforced": reinforced, "quoted": QUOTED,
         "seconds": time.perf_counter() - started,
     }
     print(f"\nReal CIFAR-10 labels: {rows[0]['images']} images x M={args.crops} crops, C=10 (Keras teacher)")
     print(markdown_table(rows, REAL_COLUMNS))
+    print(f"\nReinforced stores (format version 6), the same images, marginal smoothing K=5, M={args.crops}:")
+    print(markdown_table(reinforced, REINFORCED_COLUMNS))
     print(f"\nImageNet-1K extrapolation: {IMAGENET_IMAGES:,} images x M={IMAGENET_CROPS}, C={IMAGENET_CLASSES}")
     print(markdown_table(imagenet, IMAGENET_COLUMNS))
     print("\nQuoted (not measured here):")

@@ -1,8 +1,10 @@
-"""Non-geometric per-crop augmentation: colour jitter and a photometric-only RandAugment.
+"""Non-geometric per-crop augmentation drawn in training: colour jitter and a photometric-only RandAugment.
 
 A stored soft label describes the pixels of one box, so after replaying the box nothing may move
-pixels around (rotate, shear, translate, crop): only colour operations are allowed. timm's
-RandAugment is used with its op list restricted to the photometric ops.
+pixels around (rotate, shear, translate, crop): only colour operations are allowed: timm's
+RandAugment colour ops (``RA_OPS``), drawn with timm's semantics and applied by the same exact ops
+a reinforced store replays (``fkd.data.views``), so online KD with ``--randaugment`` and a store
+made with the same ``--randaugment`` see crops of one distribution.
 
 Randomness: every call takes an explicit seed, derived by the dataset from (seed, epoch, image), so
 the augmentation of a crop does not depend on the worker that happens to load it.
@@ -21,16 +23,14 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-from timm.data.auto_augment import rand_augment_transform
 from timm.data.random_erasing import RandomErasing
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
+from ..store.views import RA_OPS, ViewParams, ViewSpec
 from .errors import ReplayError
+from .view_draws import sample_jitter, sample_randaugment
+from .views import ViewRenderer
 
-PHOTOMETRIC_OPS: tuple[str, ...] = (
-    "AutoContrast", "Equalize", "Invert", "Posterize", "Solarize", "SolarizeAdd", "Color", "Contrast", "Brightness", "Sharpness",
-)
+PHOTOMETRIC_OPS: tuple[str, ...] = RA_OPS
 """timm RandAugment ops that change colours only (no Rotate, Shear*, Translate*)."""
 
 CropAugment = Callable[[torch.Tensor], torch.Tensor]
@@ -60,21 +60,32 @@ def build_crop_augment(color_jitter: float = 0.0, randaugment: "str | None" = No
 
     ``color_jitter``: brightness/contrast/saturation strength (0 disables; hue is left alone).
     ``randaugment``: a timm RandAugment string such as 'rand-m9-mstd0.5' applied with the
-    photometric ops only (ReplayError unless it starts with 'rand'; timm ignores unknown fields).
+    photometric ops only (ReplayError for anything else). Each call draws its parameters from
+    NumPy's global generator, which the dataset seeds per (seed, epoch, image) (``seeded_rngs``).
     """
-    steps: list[CropAugment] = []
     if color_jitter < 0:
         raise ReplayError(f"--color-jitter must be >= 0, got {color_jitter}")
-    if color_jitter > 0:
-        steps.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
-    if randaugment:
-        if not randaugment.startswith("rand"):
-            raise ReplayError(f"--randaugment must be a timm RandAugment string like 'rand-m9-mstd0.5', got {randaugment!r}")
-        ra = rand_augment_transform(randaugment, {}, transforms=list(PHOTOMETRIC_OPS))
-        steps.append(lambda img: TF.pil_to_tensor(ra(TF.to_pil_image(img))))
-    if not steps:
+    if randaugment and not randaugment.startswith("rand"):
+        raise ReplayError(f"--randaugment must be a timm RandAugment string like 'rand-m9-mstd0.5', got {randaugment!r}")
+    try:
+        spec = ViewSpec(randaugment=randaugment or None, color_jitter=color_jitter)
+    except ValueError as exc:
+        raise ReplayError(f"--randaugment {exc}") from None
+    if not spec.active:
         return None
-    return v2.Compose(steps)
+    renderer = ViewRenderer(spec, 0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    ra = spec.randaugment_spec
+
+    def augment(crop: torch.Tensor) -> torch.Tensor:
+        rng = np.random.default_rng(np.random.randint(0, 2**63 - 1, dtype=np.int64))
+        params = ViewParams()
+        if color_jitter > 0:
+            params.jitter = sample_jitter(color_jitter, rng, 1)
+        if ra is not None:
+            params.ra_ops, params.ra_mags = sample_randaugment(ra, rng, 1)
+        return renderer.augment(crop[None], params, "", [0])[0]
+
+    return augment
 
 
 def build_eraser(probability: float, mode: str, max_count: int, device: torch.device) -> "RandomErasing | None":

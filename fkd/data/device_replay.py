@@ -11,11 +11,12 @@ the decoded image), flips and interpolation, resized with torchvision's antialia
 one difference: CUDA has no uint8 resize kernel, so the device resizes in float32, in the two
 rounded passes of the CPU's uint8 kernel, where the worker path uses that kernel's fixed-point
 weights: a value moves by at most two grey levels, and under 2 % of them move at all
-(``tests/test_device_replay.py``). ``cut_crops`` takes the device as an argument, so the tests run
-the very same arithmetic on the CPU.
+(``tests/test_device_replay.py``). The kernel (``device_crops.cut_crops``) takes the device as an
+argument, so the tests run the very same arithmetic on the CPU.
 
 Per-crop augmentation (``--color-jitter``, ``--randaugment``) runs in the workers on cut crops, so it
-is refused here rather than silently dropped.
+is refused here rather than silently dropped. A reinforced store's stored augmentation and pairs are
+rendered on the device, after cutting (``device_views``).
 """
 
 from __future__ import annotations
@@ -27,26 +28,31 @@ from functools import partial
 import numpy as np
 import torch
 from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from .augment import CropAugment
 from .crops import fixed_to_boxes, parse_interpolation
+from .device_crops import cut_crops
+from .device_views import UncutViews, collate_views, render_views, uncut_views
 from .errors import ReplayError
-from .multicrop import CropBatch, CropTargets, MultiCropDataset, collate_crops, collate_targets
+from .multicrop import PAIR_FIELDS, CropBatch, CropTargets, MultiCropDataset, collate_crops, collate_targets
 from .plan import PAYLOAD_FIELDS, CropPlanner
 from .sources import ImageSource
 
 REPLAY_DEVICES = ("cpu", "cuda")
+TARGET_FIELDS: tuple[str, ...] = (*PAYLOAD_FIELDS, *PAIR_FIELDS, "labels", "image_index", "crop_ids")
+"""What a batch carries besides pixels, moved to the device as it is."""
 
 
 @dataclass
 class UncutSample(CropTargets):
     """One decoded image (uint8 (3, H, W)) and its n crops as pixel boxes (n, 4) (top, left,
-    height, width) and flips (n,), with their targets."""
+    height, width) and flips (n,), with their targets; from a reinforced store also their views
+    (stored augmentation, decoded partner images)."""
 
     image: torch.Tensor = field(kw_only=True)
     boxes: torch.Tensor = field(kw_only=True)
     flips: torch.Tensor = field(kw_only=True)
+    views: "UncutViews | None" = field(default=None, kw_only=True)
 
 
 class DecodeOnlyDataset(MultiCropDataset):
@@ -60,7 +66,8 @@ class DecodeOnlyDataset(MultiCropDataset):
         image, plan = self.decode(epoch, index)
         boxes = fixed_to_boxes(plan.boxes_fixed, *image.shape[-2:])
         flips = torch.from_numpy(np.asarray(plan.flips, dtype=bool))
-        return UncutSample(image=image, boxes=torch.from_numpy(boxes), flips=flips, **self.targets(plan, index))
+        views = None if plan.views is None else uncut_views(self, plan, index)
+        return UncutSample(image=image, boxes=torch.from_numpy(boxes), flips=flips, views=views, **self.targets(plan, index))
 
 
 @dataclass
@@ -82,6 +89,9 @@ class UncutBatch:
     interpolation: InterpolationMode
     embedding: "torch.Tensor | None" = None
     scales: "torch.Tensor | None" = None
+    partner_labels: "torch.Tensor | None" = None
+    own_share: "torch.Tensor | None" = None
+    views: "UncutViews | None" = None
 
     def __len__(self) -> int:
         return self.boxes.shape[0]
@@ -89,16 +99,20 @@ class UncutBatch:
     def pin_memory(self) -> "UncutBatch":
         """Called by DataLoader(pin_memory=True); sizes and boxes stay pageable (read on the host)."""
         pinned = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name in ("pixels", *PAYLOAD_FIELDS, "labels", "image_index", "crop_ids"):
+        for name in ("pixels", *TARGET_FIELDS):
             if pinned[name] is not None:
                 pinned[name] = pinned[name].pin_memory()
+        if self.views is not None:
+            pinned["views"] = self.views.pin_memory()
         return UncutBatch(**pinned)
 
     def to(self, device: torch.device) -> CropBatch:
-        """The crops cut on ``device`` (``cut_crops``) with the targets moved there: the
-        ``CropBatch`` the worker path would have delivered."""
+        """The crops cut on ``device`` (``cut_crops``; a reinforced store's then rendered there,
+        ``render_views``) with the targets moved there: the ``CropBatch`` the worker path would have delivered."""
         crops = cut_crops(self.pixels, self.shapes, self.counts, self.boxes, self.flips, self.size, self.interpolation, device)
-        rest = {name: getattr(self, name) for name in (*PAYLOAD_FIELDS, "labels", "image_index", "crop_ids")}
+        if self.views is not None:
+            crops = render_views(crops, self.crop_ids, self.views, self.size, self.interpolation, device)
+        rest = {name: getattr(self, name) for name in TARGET_FIELDS}
         moved = {name: None if t is None else t.to(device, non_blocking=True) for name, t in rest.items()}
         return CropBatch(images=crops, **moved)
 
@@ -112,49 +126,9 @@ def collate_uncut(samples: Sequence[UncutSample], size: int, interpolation: "str
         flips=torch.cat([s.flips for s in samples]),
         size=size,
         interpolation=parse_interpolation(interpolation),
+        views=None if samples[0].views is None else collate_views([s.views for s in samples]),
         **collate_targets(samples),
     )
-
-
-def cut_crops(
-    pixels: torch.Tensor,
-    shapes: torch.Tensor,
-    counts: torch.Tensor,
-    boxes: torch.Tensor,
-    flips: torch.Tensor,
-    size: int,
-    interpolation: "str | InterpolationMode",
-    device: "torch.device | str",
-) -> torch.Tensor:
-    """Cut, resize (antialiased, in float32: ``_resize``) and flip every crop of a batch on ``device``.
-
-    ``pixels``: the images' uint8 (3, H, W) pixels, flattened and concatenated; ``shapes`` (B, 2)
-    their (H, W); ``counts`` (B,) crops per image; ``boxes`` (N, 4) pixel boxes (top, left,
-    height, width) and ``flips`` (N,) in image order. Returns uint8 (N, 3, size, size) on ``device``.
-    Boxes and sizes are read on the host (no device synchronization); one copy moves the pixels.
-    """
-    device = torch.device(device)
-    mode = parse_interpolation(interpolation)
-    pixels = pixels.to(device, non_blocking=True)
-    out = torch.empty((boxes.shape[0], 3, size, size), dtype=torch.float32, device=device)
-    offset = row = 0
-    for (height, width), count in zip(shapes.tolist(), counts.tolist()):
-        image = pixels[offset : offset + 3 * height * width].view(3, height, width)
-        offset += 3 * height * width
-        for top, left, h, w in boxes[row : row + count].tolist():
-            out[row] = _resize(image[:, top : top + h, left : left + w].float(), size, mode)
-            row += 1
-    flip = flips.to(device, non_blocking=True).view(-1, 1, 1, 1)
-    out = torch.where(flip, out.flip(-1), out)
-    return out.round_().clamp_(0, 255).to(torch.uint8)
-
-
-def _resize(crop: torch.Tensor, size: int, mode: InterpolationMode) -> torch.Tensor:
-    """Antialiased resize in two passes, columns then rows, each rounded and clamped to 0..255: the
-    order and the uint8 intermediate of torch's CPU uint8 kernel, which bicubic overshoot would
-    otherwise tell apart (tens of grey levels at sharp edges)."""
-    wide = TF.resize(crop, [crop.shape[-2], size], interpolation=mode, antialias=True).round_().clamp_(0, 255)
-    return TF.resize(wide, [size, size], interpolation=mode, antialias=True)
 
 
 def training_dataset(

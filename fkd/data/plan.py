@@ -3,7 +3,9 @@
 - ``StoreCropPlanner`` (stored labels): n of the M stored crops, without replacement (by default
   every stored crop once before any repeats), with their stored payload (soft labels, embeddings, or
   both from two stores of the same crops). Replaying a stored box + flip gives the pixels its label
-  describes (the teacher saw the same box, resized to its own input size).
+  describes (the teacher saw the same box, resized to its own input size); in a reinforced store the
+  plan also carries each crop's stored augmentation (``views``, rendered by ``views.ViewRenderer``)
+  and ``partner`` plans the crops of the images they are mixed with.
 - ``RandomCropPlanner`` (baselines): n fresh RandomResizedCrop boxes + flips per image and epoch,
   from the same sampler the label generator uses, so baselines see the same crop distribution.
 
@@ -18,10 +20,11 @@ from typing import Protocol
 
 import numpy as np
 
-from ..store import ImageLabels, LabelStore
+from ..store import ImageLabels, LabelStore, ViewParams
 from .crops import CropParams, boxes_to_fixed, sample_crops
 from .errors import DataMismatchError, ReplayError
 from .sources import ImageList
+from .views import ViewRenderer
 
 
 def derived_seed(*parts: int) -> int:
@@ -38,8 +41,9 @@ step from plan to device batch carries them by these names, and the mode decodes
 @dataclass
 class CropPlan:
     """The n crops to cut from one image: fixed-point boxes (n, 4) relative to the image size,
-    flips (n,), which of the image's crops they are (n,), the stored payload rows (n, ...), and the
-    fingerprint the image file must have (None: not checked)."""
+    flips (n,), which of the image's crops they are (n,), the stored payload rows (n, ...), the
+    fingerprint the image file must have (None: not checked), and in a reinforced store the crops'
+    stored augmentation (``views``, n rows)."""
 
     boxes_fixed: np.ndarray
     flips: np.ndarray
@@ -49,11 +53,13 @@ class CropPlan:
     fingerprint: "int | None" = None  # the image file's CRC-32 the labels were made from, to check
     embedding: "np.ndarray | None" = None
     scales: "np.ndarray | None" = None
+    views: "ViewParams | None" = None
 
 
 class CropPlanner(Protocol):
     image_ids: list[str]
     labels: np.ndarray
+    views: "ViewRenderer | None"  # a reinforced store's renderer of its stored augmentation
 
     def plan(self, index: int, epoch: int, height: int, width: int) -> CropPlan: ...
 
@@ -127,23 +133,36 @@ class StoreCropPlanner:
         self.check_fingerprints = check_fingerprints and not allow_resized
         self.image_ids = list(store.image_ids)
         self.labels = store.labels
+        self.views = ViewRenderer.of(store.meta)
         self.paired = paired
         for opened in (store, paired):
             if opened is not None:
                 opened.close()  # DataLoader workers fork from here: no HDF5 handle may be open (they reopen lazily).
 
     def plan(self, index: int, epoch: int, height: int, width: int) -> CropPlan:
+        rec = self._record(index, height, width)
+        chosen = stored_crop_choice(len(rec.flips), self.crops_per_image, self.seed, epoch, index, self.order)
+        records = [rec] if self.paired is None else [rec, self._paired_record(rec)]
+        payload = {name: getattr(r, name)[chosen] for r in records for name in PAYLOAD_FIELDS if getattr(r, name) is not None}
+        return self._crops(rec, chosen, **payload)
+
+    def partner(self, index: int, chosen: np.ndarray, height: int, width: int) -> CropPlan:
+        """Crops ``chosen`` of image ``index``, which a reinforced store mixes into another image's
+        crops: boxes, flips, fingerprint and own augmentation, no payload (the label is the mixed view's)."""
+        return self._crops(self._record(index, height, width), np.asarray(chosen))
+
+    def _record(self, index: int, height: int, width: int) -> ImageLabels:
         rec = self.store.read(index)
         if (height, width) != (rec.height, rec.width) and not self.allow_resized:
             raise DataMismatchError(
                 f"{rec.image_id}: the image is {height}x{width} pixels but the store's crops were drawn on "
                 f"{rec.height}x{rec.width}; use the data the store was made from, or pass --allow-resized"
             )
-        chosen = stored_crop_choice(len(rec.flips), self.crops_per_image, self.seed, epoch, index, self.order)
-        records = [rec] if self.paired is None else [rec, self._paired_record(rec)]
-        payload = {name: getattr(r, name)[chosen] for r in records for name in PAYLOAD_FIELDS if getattr(r, name) is not None}
+        return rec
+
+    def _crops(self, rec: ImageLabels, chosen: np.ndarray, **payload: np.ndarray) -> CropPlan:
         return CropPlan(rec.boxes_fixed[chosen], rec.flips[chosen], chosen, fingerprint=rec.fingerprint if self.check_fingerprints else None,
-                        **payload)
+                        views=None if rec.views is None else rec.views.take(chosen), **payload)
 
     def _paired_record(self, rec: ImageLabels) -> ImageLabels:
         other = self.paired.read(rec.index)
@@ -171,6 +190,7 @@ class RandomCropPlanner:
         self.params = params
         self.image_ids = [e.image_id for e in images.entries]
         self.labels = np.array([e.label for e in images.entries], dtype=np.int64)
+        self.views: "ViewRenderer | None" = None
 
     def plan(self, index: int, epoch: int, height: int, width: int) -> CropPlan:
         crops = sample_crops(self.image_ids[index], height, width, self.crops_per_image, derived_seed(self.seed, epoch), self.params)

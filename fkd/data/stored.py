@@ -22,6 +22,7 @@ from .plan import CROP_ORDERS, StoreCropPlanner
 from .sources import ImageList
 from .targets import StoredTargets
 from .tars import is_tar_data
+from .views import check_online_augment
 
 __all__ = ["StoredCrops", "StoredData", "list_data", "plan_stored_crops", "validation_images"]
 
@@ -90,7 +91,9 @@ class StoredCrops(MultiCropDataset):
     ``size`` with ``interpolation`` (None: the store's, the filter the teacher's crops were resized
     with); ``stored_crops`` deals n of the M stored crops per epoch (``cycle``: each once before any
     repeats; ``random``); ``augment`` is a per-crop uint8 transform that must move no pixel
-    (``fkd.data.augment.build_crop_augment``), seeded per (seed, epoch, image).
+    (``fkd.data.augment.build_crop_augment``), seeded per (seed, epoch, image). A reinforced store
+    (format version 6) renders each crop with its stored augmentation and pairs instead, the view
+    its label describes, and refuses ``augment``.
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class StoredCrops(MultiCropDataset):
         labels, embeddings = (first, paired) if first.meta.payload == "labels" else (None, first)
         listing, given = (data, str(data.root)) if isinstance(data, ImageList) else (list_data(data, "--data"), str(data))
         self.stored = plan_stored_crops(labels, embeddings, listing, crops_per_image, seed, stored_crops, allow_resized, given)
+        check_online_augment(self.store.meta, self.store.path, ["augment"] if augment is not None else [], batch_mixing=False)
         interpolation = interpolation or self.store.meta.interpolation  # the filter the teacher's crops were resized with
         super().__init__(self.stored.images.source, self.stored.planner, size, interpolation, augment, seed)
 
@@ -129,10 +133,18 @@ class StoredCrops(MultiCropDataset):
             raise TypeError(f"StoredCrops is indexed by (epoch, image index) pairs, got {key!r}: sample it with fkd.api.EpochSampler")
         return super().__getitem__(key)
 
-    def stored_targets(self, gt_weight: float = 0.0, smoothing: float = 0.0) -> StoredTargets:
+    def stored_targets(self, gt_weight: float = 0.0, smoothing: float = 0.0, gt_weight_by: str = "constant") -> StoredTargets:
         """The decoder of this data's batches (``StoredTargets``); with ``gt_weight`` W > 0 every
-        training image must have a ground-truth label (checked here, as fkd-train checks it)."""
-        return StoredTargets.of_store(self.store, gt_weight, smoothing)
+        training image must have a ground-truth label (checked here, as fkd-train checks it);
+        ``gt_weight_by="confidence"`` gives each crop its own share (fkd-train's --gt-weight-by). On a
+        store of stored Mixup/CutMix pairs a ground-truth share is refused: its batches' ground truth
+        is the two images' labels mixed (``fkd.data.mixing.mixed_ground_truth`` of ``batch.labels``,
+        ``batch.partner_labels`` and ``batch.own_share``), which these targets do not compute yet."""
+        spec = self.store.meta.augmentation
+        if gt_weight > 0 and spec is not None and spec.mixes:
+            raise ReplayError(f"{self.store.path} stores Mixup/CutMix pairs: the ground truth of a crop is its two images' labels mixed "
+                              "by its own share (fkd.data.mixing.mixed_ground_truth); use gt_weight=0, or mix it yourself")
+        return StoredTargets.of_store(self.store, gt_weight, smoothing, gt_weight_by)
 
 
 def validation_images(val_data: "str | os.PathLike | ImageList", train: StoredCrops) -> ImageList:

@@ -24,6 +24,7 @@ from ..store import (
     PayloadLayout,
     ShardData,
     StoreMeta,
+    ViewParams,
     compress_records,
     open_for_writing,
     remove_store,
@@ -84,7 +85,8 @@ def _shard_data(layout: PayloadLayout, records: list[ImageLabels]) -> ShardData:
         return None if arrays[0] is None else np.stack(arrays)
 
     payload = (stacked(name) for name in layout.payload_names)
-    compressed = compress_records(layout, stacked("boxes_fixed"), stacked("flips"), *payload)
+    views = None if records[0].views is None else ViewParams.stack([r.views for r in records])  # a reinforced store's, kept
+    compressed = compress_records(layout, stacked("boxes_fixed"), stacked("flips"), *payload, views=views)
     return ShardData(
         image_ids=[r.image_id for r in records],
         labels=np.array([r.label for r in records], dtype=np.int64),
@@ -92,6 +94,14 @@ def _shard_data(layout: PayloadLayout, records: list[ImageLabels]) -> ShardData:
         records=compressed,
         fingerprints=None if records[0].fingerprint is None else np.array([r.fingerprint for r in records], dtype=np.uint32),
     )
+
+
+def refuse_pair_renumbering(meta: StoreMeta, source: "str | Path", what: str) -> None:
+    """A store with stored Mixup/CutMix pairs names each partner by its store index: a store of
+    other images (``what``: a subset, a merge) would pair crops with the wrong images."""
+    if meta.augmentation is not None and meta.augmentation.mixes:
+        raise LabelsError(f"{source} stores Mixup/CutMix pairs, whose partners are named by store index: {what} would pair crops "
+                          "with other images; convert it whole, or relabel the images you want with fkd-labelgen")
 
 
 def iter_records(store: LabelStore, indices: Iterable[int]) -> Iterator[ImageLabels]:

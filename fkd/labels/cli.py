@@ -73,6 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop missing/corrupt shards from the manifest and delete their files and leftover temporary files, "
                    "so that rerunning fkd-labelgen with the same arguments regenerates them (do not run while fkd-labelgen writes)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("recompute (re-run the teacher on stored crops, as TinyViT's --check-saved-logits)")
+    g.add_argument("--recompute", type=positive_int, metavar="N",
+                   help="relabel N random stored crops (rendered as the teacher saw them: box, flip, stored augmentation and pair) "
+                   "with the store's teacher and report the largest difference; exit 1 beyond --tolerance. Needs --data")
+    g.add_argument("--data", help="the image data the store was made from (for --recompute)")
+    g.add_argument("--tolerance", type=float, default=None, metavar="T",
+                   help="largest accepted difference of a decoded probability (embedding stores: of a feature value relative to its "
+                   "crop's largest) (default 0.01; a store labelled in bf16/fp16 differs by up to a few 1e-2)")
+    g.add_argument("--teacher", action="append", metavar="NAME", help="timm teacher instead of the metadata's (repeat for an ensemble)")
+    g.add_argument("--checkpoint", action="append", metavar="PATH", help="its weights, one per teacher (timm ones first, then the module)")
+    g.add_argument("--teacher-module", metavar="PKG.MOD:FACTORY", help="a factory teacher instead of the metadata's")
+    g.add_argument("--device", default="cpu", help="where the teacher runs (default cpu)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the crops chosen (default 0)")
 
     p = commands.add_parser("show", help="draw an image with its stored crops and their top-K labels (or embeddings) to a PNG",
                             description="Draw the image with its first N crop boxes (dashed = flipped) and, for a few crops, "
@@ -168,7 +181,26 @@ def run_verify(args: argparse.Namespace) -> int:
         deleted = drop_bad_shards(args.store, report)
         print(f"repair: the manifest now lacks shards {report.redo}; deleted {deleted or 'no files'}; "
               "rerun fkd-labelgen with the same arguments to regenerate them", file=sys.stderr)
-    return 0 if report.ok else 1
+    if args.recompute is None or not report.ok:
+        return 0 if report.ok else 1
+    return 0 if run_recompute(args) else 1
+
+
+def run_recompute(args: argparse.Namespace) -> bool:
+    """``verify --recompute N`` on a store found intact: True when every difference is within tolerance."""
+    from ..teacher.options import TeacherSpec
+    from .recompute import DEFAULT_TOLERANCE, recompute
+
+    if not args.data:
+        raise LabelsError("--recompute relabels stored crops, which are cut from the images: give --data (the data the store was made from)")
+    given = args.teacher or args.teacher_module
+    if args.checkpoint and not given:
+        raise LabelsError("--checkpoint goes with --teacher or --teacher-module (the teacher it belongs to)")
+    teacher = TeacherSpec(tuple(args.teacher or ()), None if args.checkpoint is None else tuple(args.checkpoint), args.teacher_module) if given else None
+    tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
+    found = recompute(args.store, args.data, args.recompute, tolerance, teacher, args.device, args.seed)
+    print(found.format())
+    return found.ok
 
 
 def run_show(args: argparse.Namespace) -> int:

@@ -35,7 +35,7 @@ from ..payload import embedding_codec, quantize
 from ..payload.embedding_spec import EMBEDDING_DTYPES
 from ..payload.quantize import LabelCodec, Scheme, stored_top_k
 from ..store import ImageLabels, LabelStore, Manifest, StoreMeta, copy_meta
-from .builder import image_list_fingerprint, iter_records, prepare_output, write_store
+from .builder import image_list_fingerprint, iter_records, prepare_output, refuse_pair_renumbering, write_store
 from .errors import LabelsError
 from .subset import SubsetSpec, select
 
@@ -74,7 +74,7 @@ class Conversion:
             indices, values = self._from_top_k(record.indices, record.values)
         return ImageLabels(
             record.index, record.image_id, record.label, record.height, record.width, record.boxes_fixed, record.flips,
-            indices, values, record.fingerprint,
+            indices, values, record.fingerprint, views=record.views,
         )
 
     def _from_top_k(self, indices: np.ndarray, values: np.ndarray) -> "tuple[np.ndarray | None, np.ndarray | None]":
@@ -187,6 +187,8 @@ def convert_store(
     (label stores) or re-encoded as ``to_dtype`` (embedding stores)."""
     store = LabelStore(source, payload=None)
     conversion = plan_store_conversion(source, store.meta, scheme, top_k, to_dtype)
+    if subset is not None:
+        refuse_pair_renumbering(store.meta, source, f"--subset {subset.describe()}")
     prepare_output(out, overwrite, [source])
     indices = select(store, subset) if subset is not None else np.arange(len(store))
     changes: dict = {**conversion.meta_changes(store.meta), "num_images": len(indices)}

@@ -139,6 +139,9 @@ def export_fkd(store_path: "str | Path", out: "str | Path", subset: "SubsetSpec 
     with LabelStore(store_path) as store:
         view = StoreSubset.from_spec(store, subset) if subset is not None else store
         meta = store.meta
+        if meta.augmentation is not None:
+            raise LabelsError(f"{store_path} is a reinforced store ({meta.augmentation.describe()}): its labels describe augmented views, "
+                              "and the official FKD format keeps boxes and flips only, so its trainer would pair them with other pixels")
         paths = official_paths(view.image_ids)
         refuse_mixing(out, meta, store_path)
         write_sidecar(out, meta)  # first: files never lie about without their settings

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..payload.quantize import Scheme, stored_top_k
-from ..store import MANIFEST_NAME, LabelStore, Manifest, shard_file_problem
+from ..store import MANIFEST_NAME, LabelStore, Manifest, ViewSpec, shard_file_problem
 from .differences import full_values
 from .fkd_format import is_imported
 from .subset import StoreSubset, SubsetSpec
@@ -60,6 +60,7 @@ class StoreInfo:
     flip_prob: float
     seed: int | None  # None for stores imported from the official FKD format, whose crops were drawn unseeded
     bad_images: int
+    augmentation: dict[str, Any] | None = None  # a reinforced store's (format version 6) per-crop augmentation
     subset: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,6 +117,7 @@ def store_info(path: "str | Path", subset: "SubsetSpec | None" = None) -> StoreI
         flip_prob=meta.flip_prob,
         seed=None if is_imported(meta.teachers) else meta.seed,
         bad_images=len(meta.bad_images),
+        augmentation=None if meta.augmentation is None else meta.augmentation.to_dict(),
     )
     if subset is not None:
         with LabelStore(path, allow_incomplete=True, payload=None) as store:
@@ -171,6 +173,8 @@ def format_info(info: StoreInfo) -> str:
         f"teacher view: {info.input_size[0]}x{info.input_size[1]} {info.interpolation}, "
         + ("" if info.embedding is not None else f"temperature {info.temperature}, ")  # features are taken before any softmax
         + f"precision {info.teacher_precision}",
+        "augmentation: " + ("none (box and flip only: training augmentation comes after the teacher)" if info.augmentation is None
+                            else f"{ViewSpec.from_dict(info.augmentation).describe()}, labelled as augmented"),
         "fingerprints: " + ("CRC-32 of every image file (checked by fkd-train and show)" if info.image_fingerprint == "crc32"
                             else "none (older store: images are matched by path and size only)"),
     ]

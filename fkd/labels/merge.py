@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..store import LabelStore, Manifest, copy_meta
-from .builder import image_list_fingerprint, iter_records, prepare_output, write_store
+from .builder import image_list_fingerprint, iter_records, prepare_output, refuse_pair_renumbering, write_store
 from .differences import describe_differences
 from .errors import LabelsError
 from .subset import SubsetSpec, select
@@ -35,6 +35,8 @@ def merge_stores(
         details = describe_differences(first.meta, store.meta)
         if details:
             raise LabelsError(f"{path} was made with other settings than {sources[0]} ({details}); only parts of one run can be merged")
+    for path, store in zip(sources, stores):
+        refuse_pair_renumbering(store.meta, path, "merging it")
     prepare_output(out, overwrite, sources)
     selections = [select(s, subset) if subset is not None else np.arange(len(s)) for s in stores]
     ids: list[str] = []

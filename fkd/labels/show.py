@@ -2,8 +2,9 @@
 
 Left: the image with its first N crop boxes (dashed where the crop is flipped). Right, for the first
 few of those crops: the crop as the teacher saw it (replayed from the store with ``fkd.data.crops``, at
-the teacher's input size and interpolation, flip applied) beside a bar chart of its decoded soft
-label's top classes, named. A wrong box, a flipped flip or a label that does not match the crop is
+the teacher's input size and interpolation, flip applied; in a reinforced store with its stored
+augmentation and its pair mixed in, named above it, as training renders it: ``fkd.labels.views``)
+beside a bar chart of its decoded soft label's top classes, named. A wrong box, a flipped flip or a label that does not match the crop is
 obvious at a glance, which no table of numbers makes it.
 
 For an embedding store the middle panel is the matrix of cosine similarities between the shown
@@ -28,11 +29,11 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from ..data.crops import fixed_to_boxes, replay_fixed  # noqa: E402
-from ..data.images import ImageLocation, ImageMismatchError, check_fingerprint, list_images, read_image  # noqa: E402
-from ..data.tars import is_tar_data  # noqa: E402
+from ..data.images import ImageMismatchError, check_fingerprint, read_image  # noqa: E402
 from ..payload import quantize  # noqa: E402
 from ..store import ImageLabels, LabelStore, StoreMeta  # noqa: E402
 from .errors import LabelsError  # noqa: E402
+from .views import describe_view, image_locator, render_crops  # noqa: E402
 
 MAX_BARS = 10
 MAX_ANNOTATED = 12
@@ -54,24 +55,6 @@ def find_image(store: LabelStore, image: str) -> int:
     raise LabelsError(f"image {image!r} is not in the store{hint}")
 
 
-def image_file(data: "str | Path", image_id: str) -> ImageLocation:
-    """Where the image's bytes are: ids are relative to the data root (an ImageFolder directory, or
-    the folder of a list file), or name a member of the tar shards ``data`` names."""
-    if is_tar_data(data):
-        try:
-            return list_images(data).source.locate(image_id)
-        except (OSError, ValueError) as exc:
-            raise LabelsError(f"--data {data}: {exc}; pass the --data the store was generated from") from None
-    data = Path(data)
-    if not data.exists():  # else the message below would name data.parent / image_id, without the missing folder
-        raise LabelsError(f"--data {data}: no such directory or list file; pass the --data the store was generated from")
-    root = data if data.is_dir() else data.parent
-    path = root / image_id
-    if not path.is_file():
-        raise LabelsError(f"image file {path} not found; pass the --data the store was generated from")
-    return ImageLocation(str(path))
-
-
 def render(
     store: LabelStore,
     image: str,
@@ -84,13 +67,18 @@ def render(
     if num_boxes < 1 or num_crops < 0:
         raise LabelsError(f"--boxes must be >= 1 and --crops >= 0, got {num_boxes} and {num_crops}")
     record = store.read(find_image(store, image))
-    path = image_file(data, record.image_id)
+    locate = image_locator(data)
+    path = locate(record.image_id)
     loaded = read_image(path)
     try:
         check_fingerprint(path, loaded.fingerprint, record.fingerprint)
+        views = None
+        count = min(num_crops, num_boxes, store.meta.num_crops)
+        if store.meta.reinforced and count:  # the crops as the teacher saw them: stored augmentation, partners decoded
+            views = render_crops(store, locate, {record.index: np.arange(count)})[record.index]
     except ImageMismatchError as exc:
         raise LabelsError(str(exc)) from None
-    fig = (draw if store.meta.embedding is None else draw_embedding)(store.meta, record, loaded.pixels, num_boxes, num_crops)
+    fig = (draw if store.meta.embedding is None else draw_embedding)(store.meta, record, loaded.pixels, num_boxes, num_crops, views)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
@@ -125,15 +113,21 @@ def draw_crop(ax: Axes, crop: torch.Tensor, n: int, flipped: bool, note: str = "
     ax.axis("off")
 
 
-def replayed_crops(meta: StoreMeta, record: ImageLabels, pixels: torch.Tensor, count: int) -> torch.Tensor:
-    """The first ``count`` crops replayed at the teacher's input size (count, 3, s, s) uint8."""
+def replayed_crops(meta: StoreMeta, record: ImageLabels, pixels: torch.Tensor, count: int,
+                   views: "torch.Tensor | None" = None) -> torch.Tensor:
+    """The first ``count`` crops replayed at the teacher's input size (count, 3, s, s) uint8, or
+    the first ``count`` of ``views`` (a reinforced store's, rendered by ``fkd.labels.views``)."""
+    if views is not None:
+        return views[:count]
     if not count:
         return torch.empty((0, 3, *meta.input_size), dtype=torch.uint8)
     return replay_fixed(pixels, record.boxes_fixed[:count], record.flips[:count], tuple(meta.input_size), meta.interpolation)
 
 
-def draw(meta: StoreMeta, record: ImageLabels, pixels: torch.Tensor, num_boxes: int, num_crops: int) -> Figure:
-    """The figure for one record over its image ``pixels`` (3, H, W) uint8."""
+def draw(meta: StoreMeta, record: ImageLabels, pixels: torch.Tensor, num_boxes: int, num_crops: int,
+         views: "torch.Tensor | None" = None) -> Figure:
+    """The figure for one record over its image ``pixels`` (3, H, W) uint8 (``views``: a reinforced
+    store's first crops as rendered for the teacher)."""
     shown = min(num_boxes, meta.num_crops)
     detailed = min(num_crops, shown)
     labels = record.decoded_labels(meta.label_codec())  # as training decodes them
@@ -143,9 +137,9 @@ def draw(meta: StoreMeta, record: ImageLabels, pixels: torch.Tensor, num_boxes: 
     fig = plt.figure(figsize=(13, max(4.5, 2.3 * rows)), layout="constrained")
     grid = fig.add_gridspec(rows, 3, width_ratios=[2.4, 1, 1.8])
     draw_image(fig.add_subplot(grid[:, 0]), meta, record, pixels, shown, detailed)
-    crops = replayed_crops(meta, record, pixels, detailed)
+    crops = replayed_crops(meta, record, pixels, detailed, views)
     for n in range(detailed):
-        draw_crop(fig.add_subplot(grid[n, 1]), crops[n], n, bool(record.flips[n]))
+        draw_crop(fig.add_subplot(grid[n, 1]), crops[n], n, bool(record.flips[n]), view_note(meta, record, n))
         probs, classes = labels[n].topk(bars)
         bar_ax = fig.add_subplot(grid[n, 2])
         names = [meta.class_names[c] for c in classes.tolist()]
@@ -160,13 +154,19 @@ def draw(meta: StoreMeta, record: ImageLabels, pixels: torch.Tensor, num_boxes: 
     return fig
 
 
+def view_note(meta: StoreMeta, record: ImageLabels, n: int) -> str:
+    """A reinforced store's augmentation of crop ``n``, for its title (empty otherwise)."""
+    return "" if record.views is None else "\n" + describe_view(meta, record.views, n)
+
+
 def cosine_similarities(features: torch.Tensor) -> np.ndarray:
     """(N, N) cosine similarity of feature rows (N, D); a zero row is 0 to everything, itself included."""
     unit = F.normalize(features.float(), dim=1)
     return (unit @ unit.T).numpy()
 
 
-def draw_embedding(meta: StoreMeta, record: ImageLabels, pixels: torch.Tensor, num_boxes: int, num_crops: int) -> Figure:
+def draw_embedding(meta: StoreMeta, record: ImageLabels, pixels: torch.Tensor, num_boxes: int, num_crops: int,
+                   views: "torch.Tensor | None" = None) -> Figure:
     """The figure for one embedding record: image and numbered boxes, the shown crops' cosine
     similarity matrix, and the first ``num_crops`` crops with the length of their embedding."""
     shown = min(num_boxes, meta.num_crops)
@@ -192,7 +192,7 @@ def draw_embedding(meta: StoreMeta, record: ImageLabels, pixels: torch.Tensor, n
     spread = f"off-diagonal mean {off.mean():.3f}, min {off.min():.3f}" if off.size else "one crop"
     ax.set_title(f"cosine similarity of the crops' embeddings\n{meta.embedding.describe()}\n{spread}", fontsize=10)
     norms = features.norm(dim=1).tolist()
-    crops = replayed_crops(meta, record, pixels, detailed)
+    crops = replayed_crops(meta, record, pixels, detailed, views)
     for n in range(detailed):
-        draw_crop(fig.add_subplot(grid[n, 2]), crops[n], n, bool(record.flips[n]), f"\n|embedding| = {norms[n]:.3g}")
+        draw_crop(fig.add_subplot(grid[n, 2]), crops[n], n, bool(record.flips[n]), f"{view_note(meta, record, n)}\n|embedding| = {norms[n]:.3g}")
     return fig

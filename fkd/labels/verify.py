@@ -7,7 +7,9 @@ structures), then its HDF5 structure (store id, image ranges) and every record (
 decompression, layout), and finally the payload values themselves (class indices below C,
 probabilities in [0, 1], a version-5 full store's log-probabilities in [LOG_PROB_FLOOR, 0];
 embeddings of D finite values, int8 codes in -127..127 with finite, non-negative scales; boxes
-inside the image), which catch a shard that is intact but was written wrong.
+inside the image; a reinforced store's op codes, erasing and CutMix boxes and partners), which
+catch a shard that is intact but was written wrong. ``--recompute N`` then relabels N stored crops
+with the teacher (``fkd.labels.recompute``).
 
 Bad shards are what fkd-labelgen must redo. Rerunning it with the same arguments is the repair for
 nearly all of them: it labels the shards the manifest lacks and relabels each finished shard whose
@@ -30,6 +32,7 @@ from ..data.crops import FIXED_POINT_SCALE
 from ..payload.quantize import LOG_PROB_FLOOR
 from ..store import ImageLabels, LabelStore, Manifest, StoreError, StoreMeta, store_lock
 from ..store.format import SHARD_PATTERN
+from ..store.views import view_problems
 
 MAX_PROBLEMS_PER_SHARD = 5
 """Problems listed per shard; the rest are counted (a broken shard often fails every record)."""
@@ -171,6 +174,8 @@ def record_problems(record: ImageLabels, meta: StoreMeta) -> list[str]:
         problems.extend(value_problems(record.values, meta.full_log_probs))
     if meta.embedding is not None:
         problems.extend(embedding_problems(record, meta.embedding.dim))
+    if meta.augmentation is not None:
+        problems.extend(view_problems(record.views, meta.augmentation, meta.num_images, record.index))
     boxes = record.boxes_fixed.astype(np.int64)
     ends = boxes[:, :2] + boxes[:, 2:]
     if np.any(boxes[:, 2:] < 1) or np.any(ends > FIXED_POINT_SCALE + 1):

@@ -6,6 +6,7 @@ from .integrity import file_sha256, shard_file_problem
 from .layout import EmbeddingLayout, PayloadLayout, RecordLayout
 from .manifest import Manifest, ShardInfo
 from .reader import ImageLabels, LabelStore
+from .views import ViewParams, ViewSpec
 from .writer import (
     ShardData,
     compress_records,
@@ -20,6 +21,6 @@ from .writer import (
 __all__ = [
     "FORMAT_VERSION", "MANIFEST_NAME", "PAYLOADS", "EmbeddingLayout", "ImageLabels", "LabelStore", "Manifest", "PayloadLayout",
     "RecordLayout", "ShardData", "ShardInfo", "StoreCorruptError", "StoreError", "StoreFormatError", "StoreIncompleteError",
-    "StoreMeta", "StoreMismatchError", "StorePayloadError", "UNKNOWN_PRECISION", "compress_records", "copy_meta", "file_sha256", "new_meta",
+    "StoreMeta", "StoreMismatchError", "StorePayloadError", "UNKNOWN_PRECISION", "ViewParams", "ViewSpec", "compress_records", "copy_meta", "file_sha256", "new_meta",
     "open_for_writing", "remove_store", "shard_file_problem", "store_lock", "write_shard",
 ]

@@ -20,15 +20,18 @@ from ..payload.embedding_spec import EmbeddingSpec
 from ..payload.quantize import LabelCodec, Scheme, index_dtype, payload_shape, stored_top_k
 from ..teacher.precision import PRECISIONS
 from .errors import StoreFormatError, StorePayloadError
-from .layout import EmbeddingLayout, PayloadLayout, RecordLayout
+from .layout import EmbeddingLayout, PayloadLayout, RecordLayout, view_layout_fields
+from .views import ViewSpec
 
 LABELS_FORMAT_VERSION = 3
 EMBEDDING_FORMAT_VERSION = 4
 LOG_PROBS_FORMAT_VERSION = 5
-FORMAT_VERSION = LOG_PROBS_FORMAT_VERSION
-"""The newest version this fkd writes: ``full`` label stores are written as version 5, the other
-label stores as 3, embedding stores as 4."""
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+REINFORCED_FORMAT_VERSION = 6
+FORMAT_VERSION = REINFORCED_FORMAT_VERSION
+"""The newest version this fkd writes: stores with per-crop augmentation (reinforced) are written
+as version 6 whatever their payload; without it ``full`` label stores as 5, the other label stores
+as 3, embedding stores as 4."""
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 """Version 2 added per-image fingerprints, the teacher's precision and the class map (docs/FORMAT.md);
 version-1 stores still read, with those fields marked unknown. Version 3 added the shard entries'
 ``records_offset``, ``records_bytes`` and ``meta_sha256`` (readers of version 2 refuse unknown
@@ -37,7 +40,11 @@ payload (``embedding``); label stores stay version 3, unchanged, so older fkd ke
 them and refuses embedding stores by their version instead of misreading them. Version 5 stores
 ``full`` labels as float16 log-probabilities instead of probabilities (``fkd.payload.quantize``): only
 full stores are written as 5, so an older fkd refuses them by their version instead of reading
-log-probabilities as probabilities; older full stores still read, as probabilities."""
+log-probabilities as probabilities; older full stores still read, as probabilities. Version 6 adds
+each crop's augmentation (metadata ``augmentation``, record fields after the payload:
+``fkd.store.views``); only stores made with augmentation are version 6, so the others keep their
+version and bytes, and an older fkd refuses a reinforced store instead of replaying its crops
+without the augmentation its labels describe."""
 PAYLOADS = ("labels", "embedding")
 PAYLOAD_NAMES = {"labels": "soft labels", "embedding": "embeddings"}
 FINGERPRINTS = ("crc32", "none")
@@ -84,6 +91,7 @@ class StoreMeta:
     class_map: "dict[str, int] | None" = None  # data class name -> teacher class index (fkd.data.classes)
     image_fingerprint: str = "none"  # "crc32": every shard keeps the CRC-32 of each image file's bytes
     embedding: "EmbeddingSpec | None" = None  # the payload is embeddings (format 4) instead of soft labels; scheme None, top_k 0
+    augmentation: "ViewSpec | None" = None  # per-crop augmentation decided at generation (format 6, fkd.store.views)
     bad_images: list[dict[str, str]] = field(default_factory=list)
     store_id: str = ""
     created: str = ""
@@ -95,7 +103,9 @@ class StoreMeta:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise StoreFormatError(None, f"metadata field {name} must be an integer, got {value!r}")
+        given_version = self.format_version
         self._check_payload()
+        self._check_augmentation(given_version)
         for name in ("crop_scale", "crop_ratio", "input_size", "mean", "std"):
             setattr(self, name, tuple(getattr(self, name)))
         if self.num_crops < 1 or self.num_crops > 65535:
@@ -137,6 +147,28 @@ class StoreMeta:
             raise StoreFormatError(
                 None, f"an embedding store has no label scheme (scheme null, top_k 0), got {self.scheme!r}, {self.top_k!r}"
             )
+
+    def _check_augmentation(self, given_version: "int | None") -> None:
+        """A reinforced store (augmentation given) is version 6; an empty augmentation is none."""
+        if self.augmentation is None:
+            return
+        if not isinstance(self.augmentation, ViewSpec):
+            try:
+                self.augmentation = ViewSpec.from_dict(self.augmentation)
+            except (TypeError, ValueError) as exc:
+                raise StoreFormatError(None, f"metadata field {exc}") from None
+        if not self.augmentation.active:
+            self.augmentation = None
+            return
+        if given_version is not None and given_version < REINFORCED_FORMAT_VERSION:
+            raise StoreFormatError(None, f"per-crop augmentation needs format version {REINFORCED_FORMAT_VERSION}, "
+                                         f"the metadata says {given_version}")
+        self.format_version = REINFORCED_FORMAT_VERSION
+
+    @property
+    def reinforced(self) -> bool:
+        """Each crop's label describes its view after the stored augmentation (format version 6)."""
+        return self.augmentation is not None
 
     @property
     def full_log_probs(self) -> bool:
@@ -263,10 +295,12 @@ class StoreMeta:
         return names
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object of ``store.json``; a label store's has no ``embedding`` key, as in version 3."""
+        """The JSON object of ``store.json``; a label store's has no ``embedding`` key, as in version 3,
+        and a store without augmentation no ``augmentation`` key, as before version 6."""
         d = json.loads(json.dumps(dataclasses.asdict(self)))
-        if d["embedding"] is None:
-            del d["embedding"]
+        for optional in ("embedding", "augmentation"):
+            if d[optional] is None:
+                del d[optional]
         return d
 
     @classmethod
@@ -299,7 +333,8 @@ class StoreMeta:
 
     def record_layout(self) -> PayloadLayout:
         """The byte layout of this store's per-image records (``RecordLayout`` or ``EmbeddingLayout``)."""
+        views = view_layout_fields(self.augmentation)
         if self.embedding is not None:
-            return EmbeddingLayout(self.num_crops, self.embedding.dim, self.embedding.dtype)
+            return EmbeddingLayout(self.num_crops, self.embedding.dim, self.embedding.dtype, views)
         shape = payload_shape(self.scheme, self.top_k, self.num_classes)
-        return RecordLayout(self.num_crops, shape.num_indices, shape.num_values, self.index_dtype, self.full_log_probs)
+        return RecordLayout(self.num_crops, shape.num_indices, shape.num_values, self.index_dtype, self.full_log_probs, views)

@@ -1,7 +1,8 @@
 """Byte layouts of one image's uncompressed record: crops (boxes, flips) plus the payload fields.
 
 A record is ``boxes`` uint16 (M, 4) fixed-point (top, left, height, width) | ``flips`` packed bits
-ceil(M / 8) bytes | the payload's fields, back to back, all little-endian. Each payload kind names
+ceil(M / 8) bytes | the payload's fields | in a reinforced store (format version 6) the crops'
+augmentation (``views``: ``fkd.store.views``), back to back, all little-endian. Each payload kind names
 its fields once (``payload_names``, in byte order); ``pack`` takes and ``unpack`` returns the
 field arrays in that order, None for a field the store does not keep. Soft labels
 (``RecordLayout``) keep ``indices`` and ``values``; embeddings (``EmbeddingLayout``) keep
@@ -18,6 +19,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..payload.embedding_spec import SCALE_DTYPE, STORAGE_DTYPES
+from .views import ViewParams, ViewSpec, view_fields
 
 BOX_BYTES = 4 * 2
 
@@ -36,10 +38,11 @@ class PayloadField:
 
 
 class PayloadLayout:
-    """What every layout shares: sizes, ``pack`` and ``unpack`` over ``payload_fields`` (computed
-    once per layout: a reader unpacks millions of records with one)."""
+    """What every layout shares: sizes, ``pack`` and ``unpack`` over ``payload_fields`` and the
+    ``views`` fields after them (computed once per layout: a reader unpacks millions of records with one)."""
 
     num_crops: int
+    views: "tuple[PayloadField, ...]"
     payload_names: ClassVar[tuple[str, ...]] = ()
 
     @property
@@ -51,14 +54,16 @@ class PayloadLayout:
     def sizes(self) -> tuple[int, ...]:
         """Bytes of boxes, flips and each payload field (0 where absent), in record order."""
         m = self.num_crops
-        return (m * BOX_BYTES, (m + 7) // 8, *(0 if f is None else m * f.crop_bytes for f in self.payload_fields))
+        return (m * BOX_BYTES, (m + 7) // 8, *(0 if f is None else m * f.crop_bytes for f in self.payload_fields),
+                *(m * f.crop_bytes for f in self.views))
 
     @cached_property
     def raw_size(self) -> int:
         return sum(self.sizes)
 
-    def pack(self, boxes_fixed: np.ndarray, flips: np.ndarray, *payload: "np.ndarray | None") -> bytes:
-        """One image's record from boxes (M, 4), flips (M,) and the payload arrays (M, *shape)."""
+    def pack(self, boxes_fixed: np.ndarray, flips: np.ndarray, *payload: "np.ndarray | None", views: "ViewParams | None" = None) -> bytes:
+        """One image's record from boxes (M, 4), flips (M,), the payload arrays (M, *shape) and, in
+        a reinforced store, the crops' augmentation ``views``."""
         if len(payload) != len(self.payload_names):
             raise ValueError(f"a record takes the payload fields {list(self.payload_names)}, got {len(payload)} arrays")
         m = self.num_crops
@@ -75,6 +80,13 @@ class PayloadLayout:
             if field.dtype.kind in "iu" and array.dtype.kind == "f":  # a cast would silently truncate: encode first
                 raise ValueError(f"payload field {name!r} is stored as {field.dtype}, got {array.dtype} values; encode them first")
             self.check_field(name, array)
+            parts.append(np.ascontiguousarray(array, dtype=field.dtype).reshape(m, *field.shape).tobytes())
+        if bool(self.views) != (views is not None):
+            raise ValueError("a reinforced store's records need their crops' augmentation (views), a plain store's have none")
+        for field in self.views:
+            array = getattr(views, field.name)
+            if array is None or np.asarray(array).dtype.kind not in "iu":
+                raise ValueError(f"the record layout needs the view field {field.name!r} as integers")
             parts.append(np.ascontiguousarray(array, dtype=field.dtype).reshape(m, *field.shape).tobytes())
         return b"".join(parts)
 
@@ -104,6 +116,22 @@ class PayloadLayout:
         payload = (None if s is None else np.frombuffer(buf[s[0]], dtype=s[1]).reshape(s[2]) for s in self._slices)
         return (boxes, flips, *payload)
 
+    def unpack_views(self, raw: bytes) -> "ViewParams | None":
+        """The crops' augmentation of a raw record (None in a plain store's layout)."""
+        if not self.views:
+            return None
+        pos, m, found = self.raw_size - sum(self.sizes[2 + len(self.payload_fields):]), self.num_crops, {}
+        for field in self.views:
+            size = m * field.crop_bytes
+            found[field.name] = np.frombuffer(memoryview(raw)[pos : pos + size], dtype=field.dtype).reshape(m, *field.shape)
+            pos += size
+        return ViewParams(**found)
+
+
+def view_layout_fields(spec: "ViewSpec | None") -> tuple[PayloadField, ...]:
+    """The ``views`` of a layout for a store augmented as ``spec`` (none for a plain store)."""
+    return tuple(PayloadField(name, dtype, shape) for name, dtype, shape in view_fields(spec))
+
 
 @dataclass(frozen=True)
 class RecordLayout(PayloadLayout):
@@ -116,6 +144,7 @@ class RecordLayout(PayloadLayout):
     num_values: int
     index_dtype: np.dtype
     log_values: bool = False
+    views: "tuple[PayloadField, ...]" = ()
     payload_names: ClassVar[tuple[str, ...]] = ("indices", "values")
 
     def check_field(self, name: str, array: np.ndarray) -> None:
@@ -143,6 +172,7 @@ class EmbeddingLayout(PayloadLayout):
     num_crops: int
     dim: int
     dtype: str
+    views: "tuple[PayloadField, ...]" = ()
     payload_names: ClassVar[tuple[str, ...]] = ("embedding", "scales")
 
     @cached_property

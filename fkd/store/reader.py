@@ -39,6 +39,7 @@ from .format import StoreMeta
 from .integrity import shard_file_problem
 from .layout import PayloadLayout
 from .manifest import Manifest
+from .views import ViewParams
 
 
 @dataclass
@@ -46,7 +47,8 @@ class ImageLabels:
     """One image's stored crops: fixed-point boxes (M, 4) uint16, flips (M,), and the payload arrays
     named as the store's layout names them (``PayloadLayout.payload_names``): soft labels in
     ``indices`` (M, Ki) and ``values`` (M, Kv), embeddings in ``embedding`` (M, D) float16 or int8
-    and, for int8, ``scales`` (M,) float32; None where the store keeps no such field."""
+    and, for int8, ``scales`` (M,) float32; None where the store keeps no such field. ``views``: in a
+    reinforced store (format version 6), the augmentation each crop's label describes."""
 
     index: int
     image_id: str
@@ -60,6 +62,7 @@ class ImageLabels:
     fingerprint: "int | None" = None  # CRC-32 of the image file's bytes; None in stores without them
     embedding: "np.ndarray | None" = None
     scales: "np.ndarray | None" = None
+    views: "ViewParams | None" = None  # a reinforced store's per-crop augmentation (fkd.store.views)
 
     def decoded_labels(self, codec: LabelCodec) -> torch.Tensor:
         """(M, C) float32 soft labels of a label record, decoded as the store's ``codec`` says
@@ -250,12 +253,13 @@ class LabelStore:
                 self._decompressor = zstandard.ZstdDecompressor()
             raw = self._decompressor.decompress(blob, max_output_size=expected)
             boxes, flips, *payload = self.layout.unpack(raw)
+            views = self.layout.unpack_views(raw)
         except (zstandard.ZstdError, ValueError) as exc:
             raise StoreCorruptError(path, f"undecodable record of image {index} (row {row}): {exc}") from None
         height, width = (int(v) for v in shard.sizes[row])
         fingerprint = None if shard.fingerprints is None else int(shard.fingerprints[row])
         return ImageLabels(index, shard.image_ids[row], int(shard.labels[row]), height, width, boxes, flips, fingerprint=fingerprint,
-                           **dict(zip(self.layout.payload_names, payload)))
+                           views=views, **dict(zip(self.layout.payload_names, payload)))
 
     # Per-image columns ----------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from .format import CODEC, LABELS_FORMAT_VERSION, MANIFEST_NAME, SHARD_PATTERN, 
 from .integrity import file_sha256
 from .layout import PayloadLayout
 from .manifest import Manifest, ShardInfo
+from .views import ViewParams
 
 ZSTD_LEVEL = 9
 """Compression level of per-image records (see benchmarks/storage for the measurements)."""
@@ -41,15 +42,18 @@ def compress_records(
     boxes_fixed: np.ndarray,
     flips: np.ndarray,
     *payload: "np.ndarray | None",
+    views: "ViewParams | None" = None,
     level: int = ZSTD_LEVEL,
 ) -> list[bytes]:
     """One zstd frame per image from arrays with a leading image axis: boxes (N, M, 4) uint16,
     flips (N, M), and the payload arrays in ``layout.payload_names`` order, None where absent:
     labels ``indices`` (N, M, Ki), ``values`` (N, M, Kv); embeddings ``embedding`` (N, M, D),
-    ``scales`` (N, M) (``embedding_codec.encode``'s arrays, reshaped per image)."""
+    ``scales`` (N, M) (``embedding_codec.encode``'s arrays, reshaped per image); in a reinforced
+    store the crops' augmentation ``views`` (N, M, ...) (``ViewParams.stack``)."""
     compressor = zstandard.ZstdCompressor(level=level, write_content_size=True)
     return [
-        compressor.compress(layout.pack(boxes_fixed[n], flips[n], *(None if a is None else a[n] for a in payload)))
+        compressor.compress(layout.pack(boxes_fixed[n], flips[n], *(None if a is None else a[n] for a in payload),
+                                        views=None if views is None else views.take(n)))
         for n in range(len(boxes_fixed))
     ]
 

@@ -1,0 +1,169 @@
+"""Mixup/CutMix at scale: stored labels of mixed views against online KD under the same mixing.
+
+The scale block's setting (``bench_accuracy.py --scale``: real CIFAR-10, 1,000 train images per
+class, the whole test set, the real Keras teacher, recipe configs/bench-cifar10.yaml, 32 images x 4
+crops per step for 8 epochs = 2,504 optimizer steps, M=32 stored crops, 2 seeds) with DeiT's
+Mixup 0.8 / CutMix 1.0 (switch 0.5, every sample mixed) on in every row:
+
+- online-kd-mix: the teacher in the loop labels the mixed image (KL at tau 1 only, alpha 1);
+- fkd-full-mix: the plain full store, batch Mixup/CutMix mixing the stored labels linearly (a label
+  the teacher never gave: what FKD's official code does);
+- fkd-full-pairs: a reinforced store (``fkd-labelgen --mixup 0.8 --cutmix 1.0``, format version 6):
+  every stored crop was mixed at generation with a crop of another image and the teacher labelled
+  the mixed view; training replays the pair (no batch mixing), one partner image per image
+  (``--partners 4``: also a store of 4 partner images per image, more pairs for 3 more decodes);
+
+and the same three with ground truth at weight W (``--gt-weight``, default 0.3) against online KD at
+the matching objective (``--kd-alpha 1-W``: (1-W) KD + W CE(mixed ground truth)). Each stored row
+is read against its online row as "stored labels within the seed spread of online KD under the same
+augmentation" (``bench_vit.within_seed_spread``), and stored pairs against linearly mixed labels.
+The stored-pair rows with W > 0 need fkd-train to mix the two images' ground truth by each crop's
+own share (``fkd.data.mixing.mixed_ground_truth``): until its targets do, fkd-train refuses them in
+one line and the block stops there (the runs before it are kept).
+
+Time: the pairs store is labelled once (the scale block's full store took 2,637 s with 2 workers;
+pairs add a partner decode and crop per image), then 12 runs of about 700 s each (the scale block's
+per-run time), about 2 hours with ``--jobs 2`` on 2 cores; ``--partners 1 4`` adds a store and 4 runs.
+
+    .venv/bin/python benchmarks/accuracy/bench_mix.py --jobs 2
+    FKD_BENCH_CACHE=/tmp/fkd-smoke .venv/bin/python benchmarks/accuracy/bench_mix.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.accuracy.bench_vit import compare, verdict, within_seed_spread  # noqa: E402
+from benchmarks.accuracy.toolkit import RECIPE, Run, Size, summarize, teacher_top1, train  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    CACHE,
+    KERAS_TEACHER_TOP1,
+    REPO_ROOT,
+    LabelSetting,
+    balanced_subset,
+    full_store,
+    markdown_table,
+    result_path,
+    save_result,
+)
+from benchmarks.storage.reinforced import PAIRS, reinforced_store  # noqa: E402
+from fkd.data.images import list_images  # noqa: E402
+
+MIX = PAIRS
+"""fkd-train's batch Mixup/CutMix flags and fkd-labelgen's pair flags: the same names, the same values."""
+CROPS = 4
+FULL = Size(per_class=1000, store_crops=32, test_per_class=1000, epochs=4)  # epoch unit 4: 8 epochs of n=4, 2,504 steps
+SMOKE = Size(per_class=8, store_crops=8, test_per_class=10, epochs=1)
+
+
+def weights(gt_weight: float) -> tuple[float, ...]:
+    """The ground-truth weights of the rows: 0, and ``gt_weight`` unless it is 0 too."""
+    return (0.0, gt_weight) if gt_weight else (0.0,)
+
+
+def mix_rows(pair_stores: dict[int, str], gt_weight: float) -> list[tuple[Run, str]]:
+    """(seed-0 run, targets) per row; ``pair_stores``: partner images per image -> reinforced store."""
+    rows: list[tuple[Run, str]] = []
+    for w in weights(gt_weight):
+        alpha, gt = f"{1 - w:g}", f" + {w:g} CE(mixed y)" if w else ""
+        rows.append((Run("online-kd", None, 0, CROPS, 0, kd=("--kd-alpha", alpha), extra=MIX, tag="mix" + (f"-a{alpha}" if w else "")),
+                     f"{alpha} KL(teacher on the mixed image){gt}"))
+        rows.append((Run("fkd", "full", 10, CROPS, 0, gt_weight=w, extra=MIX, tag="mix"), f"stored labels mixed linearly{gt}"))
+        for partners, store in pair_stores.items():
+            tag = "pairs" + (f"{partners}" if partners != 1 else "")
+            rows.append((Run("fkd", "full", 10, CROPS, 0, gt_weight=w, store=store, tag=tag),
+                         f"stored labels of the mixed views, {partners} partner image(s) per image{gt}"))
+    return rows
+
+
+def online_name(w: float) -> str:
+    """The online-KD row whose objective a stored row at ground-truth weight ``w`` matches."""
+    return "online-kd-mix" + (f"-a{1 - w:g}" if w else "") + "-n4"
+
+
+def stored_name(w: float, partners: "int | None") -> str:
+    """A stored row: linearly mixed labels (``partners`` None) or pairs with that many partner images."""
+    kind = "mix" if partners is None else "pairs" + (f"{partners}" if partners != 1 else "")
+    return f"fkd-full{f'-gt{w:g}' if w else ''}-{kind}-n4"
+
+
+def mix_claims(rows: list[dict], gt_weight: float, partners: "list[int]") -> list[dict]:
+    """Each stored row against online KD at its objective, and stored pairs against linear mixing."""
+    by_name = {r["name"]: r for r in rows}
+    claims = []
+    for w in weights(gt_weight):
+        at = f", W={w:g}" if w else ""
+        for g in (None, *partners):
+            what = "mixed linearly" if g is None else f"pairs labelled by the teacher, {g} partner image(s)"
+            name = stored_name(w, g)
+            claims.append(within_seed_spread(f"Mixup/CutMix {what}{at}: {name} vs {online_name(w)}", by_name, name, online_name(w)))
+        claims.append(compare(f"stored pairs beat linearly mixed stored labels{at}", by_name, stored_name(w, partners[0]), stored_name(w, None)))
+    return claims
+
+
+COLUMNS = [
+    ("name", "run", ""), ("targets", "targets", ""), ("seeds", "seeds", "d"), ("steps", "steps", "d"), ("top1_mean", "test top-1 %", ".2f"),
+    ("top1_std", "spread (std)", ".2f"), ("vs_online", "vs online KD (same objective)", "+.2f"), ("wall_seconds", "wall s", ".0f"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per row (default 2)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs side by side, and fkd-labelgen workers (default 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    parser.add_argument("--gt-weight", type=float, default=0.3,
+                        help="ground-truth weight W of the second half of the rows (default 0.3; 0: the first half only)")
+    parser.add_argument("--partners", type=int, nargs="+", default=[1], help="partner images per image of the pair stores (default 1)")
+    parser.add_argument("--smoke", action="store_true", help="every row for a few steps on 80 images: checks the block, measures nothing")
+    parser.add_argument("--out", type=Path, help="JSON results (default: next to this script)")
+    return parser
+
+
+def main(argv: "list[str] | None" = None) -> None:
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    size = SMOKE if args.smoke else FULL
+    seeds = range(1 if args.smoke else args.seeds)
+    setting = LabelSetting(size.per_class, size.store_crops)
+    data, test = balanced_subset("train", size.per_class, setting.seed), balanced_subset("test", size.test_per_class, setting.seed)
+    full, labelgen_seconds = full_store(setting, workers=args.jobs)
+    stores = {g: reinforced_store(setting, (*PAIRS, "--mix-partners", str(g)) if g != 1 else PAIRS, workers=args.jobs) for g in args.partners}
+    teacher = teacher_top1(test)
+    args.samples_per_step, args.epoch_unit = 32 * CROPS, size.epochs
+    rows = mix_rows({g: str(store) for g, (store, _) in stores.items()}, args.gt_weight)
+    described = {run.name: targets for run, targets in rows}
+    runs = [replace(run, seed=s) for run, _ in rows for s in seeds]
+    root = CACHE / ("accuracy-mix-smoke" if args.smoke else "accuracy-mix") / f"{setting.key}-test{size.test_per_class}-E{size.epochs}"
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        results = list(pool.map(lambda r: train(r, args, setting, data, test, root), runs))
+    table = summarize(results)
+    by_name = {r["name"]: r for r in table}
+    for row in table:
+        row["targets"] = described[row["name"]]
+        w = row["gt_weight"] or 0.0
+        online = by_name.get(online_name(w))
+        row["vs_online"] = None if online is None or row["mode"] != "fkd" else row["top1_mean"] - online["top1_mean"]
+    result = {
+        "setting": {"train_images": len(list_images(data)), "test_images": len(list_images(test)), "store_crops": size.store_crops,
+                    "seeds": len(seeds), "steps": table[0]["steps"], "images_per_step": table[0]["images_per_step"], "crops_per_image": CROPS,
+                    "mix_flags": list(MIX), "gt_weight": args.gt_weight, "partners": args.partners, "recipe": str(RECIPE.relative_to(REPO_ROOT)),
+                    "threads": args.threads, "jobs": args.jobs, "labelgen_seconds": labelgen_seconds,
+                    "pairs_labelgen_seconds": {g: s for g, (_, s) in stores.items()}, "smoke": args.smoke,
+                    "reused_runs": sum(bool(r.get("reused")) for r in results), "full_store": str(full)},
+        "teacher_top1": teacher, "teacher_top1_reference": KERAS_TEACHER_TOP1, "rows": table, "runs": results,
+        "claims": mix_claims(table, args.gt_weight, args.partners), "seconds": time.perf_counter() - started,
+    }
+    print(markdown_table(table, COLUMNS))
+    print("\n".join(verdict(c) for c in result["claims"]))
+    save_result(args.out or (CACHE / "accuracy-mix-smoke.json" if args.smoke else result_path(__file__, False, "accuracy-mix")), result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""A reinforced store replays the view the teacher saw: fkd-labelgen's worker input and the training
+dataset's crop are the same bits (colour jitter, RandAugment, random erasing, Mixup/CutMix pairs)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from reinforced_stores import FULL_SPEC, label_store, make_worker, save_teacher
+
+from fkd.data.images import list_images
+from fkd.data.stored import StoredCrops
+from fkd.store import LabelStore
+from labelgen.messages import ShardTask
+from labelgen.plan import image_refs
+
+from conftest import make_image_folder
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+M = 6
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reinforced")
+    folder = make_image_folder(root / "images", classes=3, per_class=3, size=(40, 44))
+    return folder, save_teacher(root / "teacher.pth")
+
+
+@pytest.mark.parametrize("remode, scheme", [("pixel", "full"), ("rand", "marginal-smoothing"), ("const", None)])
+def test_the_training_crop_is_bitwise_the_teachers_input(assets, tmp_path, remode, scheme):
+    """Soft labels of two schemes and an embedding store (scheme None) alike."""
+    folder, checkpoint = assets
+    worker = make_worker(checkpoint, replace(FULL_SPEC, remode=remode), scheme, num_crops=M)
+    store = label_store(folder, tmp_path / "store", worker)
+    meta = LabelStore(store, payload=None).meta
+    assert meta.format_version == 6 and meta.augmentation == replace(FULL_SPEC, remode=remode)
+
+    train = StoredCrops(store, folder, crops_per_image=M, size=32)  # the teacher's input size and (the store's) filter
+    refs = image_refs(list_images(folder))
+    task = ShardTask(0, 0, refs, meta.record_layout(), len(refs), dict(enumerate(refs)))  # any image may be a partner
+    mixed = 0
+    for index, ref in enumerate(refs):
+        teacher_input = worker._prepare((index, ref), task=task).views
+        sample = train[(0, index)]
+        assert sample.crop_ids.tolist() == list(range(M))
+        assert torch.equal(sample.images, teacher_input), f"image {index}"
+        mixed += int((sample.own_share < 1).sum())
+    assert mixed > len(refs)  # most crops are mixed (mix_prob 1): the partners were replayed too
+
+
+def test_a_store_without_augmentation_keeps_its_version_and_bytes(assets, tmp_path):
+    folder, checkpoint = assets
+    plain = label_store(folder, tmp_path / "plain", make_worker(checkpoint, None, num_crops=M))
+    reinforced = label_store(folder, tmp_path / "reinforced", make_worker(checkpoint, FULL_SPEC, num_crops=M))
+    a, b = LabelStore(plain), LabelStore(reinforced)
+    assert a.meta.format_version == 5 and "augmentation" not in a.manifest.to_dict()["meta"]
+    for index in range(len(a)):
+        x, y = a.read(index), b.read(index)
+        assert x.views is None and y.views is not None
+        np.testing.assert_array_equal(x.boxes_fixed, y.boxes_fixed)  # the crop stream is untouched by augmentation
+        np.testing.assert_array_equal(x.flips, y.flips)
+
+
+def test_stored_crops_refuse_augmenting_on_top_and_an_unmixed_ground_truth(assets, tmp_path):
+    from fkd.data.augment import build_crop_augment
+    from fkd.data.errors import ReplayError
+
+    folder, checkpoint = assets
+    store = label_store(folder, tmp_path / "store", make_worker(checkpoint, FULL_SPEC, num_crops=M))
+    with pytest.raises(ReplayError, match="is a reinforced store .*: each label describes its crop after that stored augmentation"):
+        StoredCrops(store, folder, crops_per_image=2, size=32, augment=build_crop_augment(0.4))
+    train = StoredCrops(store, folder, crops_per_image=2, size=32)
+    assert train.stored_targets(0.0).gt_weight == 0.0
+    with pytest.raises(ReplayError, match="stores Mixup/CutMix pairs: the ground truth of a crop is its two images' labels mixed"):
+        train.stored_targets(0.3)
