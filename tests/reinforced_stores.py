@@ -5,9 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import timm
-import torch
-
 from fkd.data.crops import CropParams
 from fkd.data.images import list_images
 from fkd.store import ViewSpec, open_for_writing, write_shard
@@ -19,17 +16,6 @@ from labelgen.worker import LabelWorker, WorkerConfig
 
 FULL_SPEC = ViewSpec(randaugment="rand-m9-mstd0.5-inc1", color_jitter=0.4, reprob=0.5, recount=2, mixup=0.8, cutmix=1.0)
 """Every step at once: jitter, RandAugment (increasing ops, random signs), two erasing boxes, Mixup and CutMix pairs."""
-
-
-def save_teacher(path: Path, num_classes: int = 3) -> Path:
-    """A seeded test_resnet with a sharpened classifier (random init is nearly uniform otherwise)."""
-    torch.manual_seed(0)
-    model = timm.create_model("test_resnet", pretrained=False, num_classes=num_classes)
-    with torch.no_grad():
-        model.fc.weight.mul_(60.0)
-        model.fc.bias.zero_()
-    torch.save(model.state_dict(), path)
-    return path
 
 
 def make_worker(checkpoint: Path, spec: "ViewSpec | None", scheme: "str | None" = "full", num_crops: int = 6, seed: int = 3,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reinforced_stores import FULL_SPEC, label_store, make_worker, save_teacher
+from reinforced_stores import FULL_SPEC, label_store, make_worker
 
 from fkd.data.device_replay import DecodeOnlyDataset, collate_uncut
 from fkd.data.multicrop import collate_crops
@@ -14,6 +14,7 @@ from fkd.data.stored import StoredCrops
 from fkd.store import ViewSpec
 
 from conftest import make_image_folder
+from test_labelgen_worker import save_tiny_teacher
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 M = 6
@@ -24,7 +25,7 @@ PAIRS_AND_ERASING = ViewSpec(reprob=0.5, mixup=0.8, cutmix=1.0)
 def stores(tmp_path_factory):
     root = tmp_path_factory.mktemp("device")
     folder = make_image_folder(root / "images", classes=3, per_class=3, size=(40, 44))
-    teacher = save_teacher(root / "teacher.pth")
+    teacher = save_tiny_teacher(root / "teacher.pth", num_classes=3)
     return folder, {name: label_store(folder, root / name, make_worker(teacher, spec, num_crops=M))
                     for name, spec in (("full", FULL_SPEC), ("pairs", PAIRS_AND_ERASING))}
 

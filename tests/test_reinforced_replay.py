@@ -8,15 +8,18 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from reinforced_stores import FULL_SPEC, label_store, make_worker, save_teacher
+import torch.nn.functional as F
+from reinforced_stores import FULL_SPEC, label_store, make_worker
 
 from fkd.data.images import list_images
+from fkd.data.multicrop import collate_crops
 from fkd.data.stored import StoredCrops
 from fkd.store import LabelStore
 from labelgen.messages import ShardTask
 from labelgen.plan import image_refs
 
 from conftest import make_image_folder
+from test_labelgen_worker import save_tiny_teacher
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 M = 6
@@ -26,7 +29,7 @@ M = 6
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("reinforced")
     folder = make_image_folder(root / "images", classes=3, per_class=3, size=(40, 44))
-    return folder, save_teacher(root / "teacher.pth")
+    return folder, save_tiny_teacher(root / "teacher.pth", num_classes=3)
 
 
 @pytest.mark.parametrize("remode, scheme", [("pixel", "full"), ("rand", "marginal-smoothing"), ("const", None)])
@@ -64,7 +67,7 @@ def test_a_store_without_augmentation_keeps_its_version_and_bytes(assets, tmp_pa
         np.testing.assert_array_equal(x.flips, y.flips)
 
 
-def test_stored_crops_refuse_augmenting_on_top_and_an_unmixed_ground_truth(assets, tmp_path):
+def test_stored_crops_refuse_augmenting_on_top_and_mix_both_ground_truths(assets, tmp_path):
     from fkd.data.augment import build_crop_augment
     from fkd.data.errors import ReplayError
 
@@ -74,5 +77,10 @@ def test_stored_crops_refuse_augmenting_on_top_and_an_unmixed_ground_truth(asset
         StoredCrops(store, folder, crops_per_image=2, size=32, augment=build_crop_augment(0.4))
     train = StoredCrops(store, folder, crops_per_image=2, size=32)
     assert train.stored_targets(0.0).gt_weight == 0.0
-    with pytest.raises(ReplayError, match="stores Mixup/CutMix pairs: the ground truth of a crop is its two images' labels mixed"):
-        train.stored_targets(0.3)
+    batch = collate_crops([train[(0, i)] for i in range(len(train.store.image_ids))])
+    targets = train.stored_targets(0.3)
+    own, other = F.one_hot(batch.labels, 3).float(), F.one_hot(batch.partner_labels, 3).float()
+    share = batch.own_share.unsqueeze(1)
+    assert torch.allclose(targets(batch), 0.7 * targets.labels(batch) + 0.3 * (share * own + (1 - share) * other), rtol=0, atol=1e-6)
+    crossed = (batch.partner_labels != batch.labels) & (batch.own_share < 1)
+    assert crossed.any() and (targets.ground_truth(batch)[crossed].gather(1, batch.partner_labels[crossed, None]) > 0).all()

@@ -12,7 +12,6 @@ import pytest
 import ray
 import torch
 from PIL import Image
-from reinforced_stores import save_teacher
 
 from fkd.labels.cli import main as labels_main
 from fkd.labels.show import draw
@@ -23,6 +22,7 @@ from labelgen.cli import main as labelgen_main
 from train.cli import main as train_main
 
 from conftest import make_image_folder
+from test_labelgen_worker import save_tiny_teacher
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 AUGMENT = ("--randaugment", "rand-m9-mstd0.5", "--reprob", "0.25", "--mixup", "0.8", "--cutmix", "1.0")
@@ -33,7 +33,7 @@ def made(tmp_path_factory):
     """A reinforced store of 9 images in shards of 4 (partners in other shards), made by fkd-labelgen."""
     root = tmp_path_factory.mktemp("tools")
     images = make_image_folder(root / "images", classes=3, per_class=3, size=(40, 44))
-    teacher = save_teacher(root / "teacher.pth")
+    teacher = save_tiny_teacher(root / "teacher.pth", num_classes=3)
     store = root / "store"
     ray.init(num_cpus=1, include_dashboard=False, logging_level=logging.WARNING)
     try:
@@ -64,7 +64,7 @@ def test_verify_recompute_relabels_stored_crops_with_the_recorded_teacher(made, 
     assert "recompute OK: 20 crops of " in out and "relabelled by test_resnet; largest probability difference" in out
     largest = float(out.split("difference ")[1].split()[0])
     assert largest < 1e-3  # float16 storage only: same teacher, same views
-    other = save_teacher(root / "other.pth", num_classes=3)
+    other = save_tiny_teacher(root / "other.pth", num_classes=3)
     torch.manual_seed(5)
     state = torch.load(other)
     state["fc.weight"] = torch.randn_like(state["fc.weight"]) * 60
@@ -132,5 +132,9 @@ def test_fkd_train_replays_the_store_and_refuses_augmenting_on_top(made, tmp_pat
     assert "--randaugment would change the crop after the teacher labelled it: drop it" in err
     assert train(made, tmp_path / "mix", "--mixup", "0.2") == 2
     assert "batch-level --mixup/--cutmix would mix those views again" in capsys.readouterr().err
-    assert train(made, tmp_path / "gt", "--gt-weight", "0.3") == 2
-    assert "stores Mixup/CutMix pairs, so the ground truth of a crop is its two images' labels" in capsys.readouterr().err
+    assert train(made, tmp_path / "gt", "--gt-weight", "0.3") == 0
+    capsys.readouterr()
+    assert train(made, tmp_path / "supervised", "--mode", "supervised", "--crop-source", "store") == 2
+    err = capsys.readouterr().err
+    assert "stores Mixup/CutMix pairs, so the ground truth of a crop is its two images' labels" in err
+    assert "--mode supervised would train on the first image's label alone: use --mode fkd on this store" in err

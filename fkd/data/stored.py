@@ -137,13 +137,8 @@ class StoredCrops(MultiCropDataset):
         """The decoder of this data's batches (``StoredTargets``); with ``gt_weight`` W > 0 every
         training image must have a ground-truth label (checked here, as fkd-train checks it);
         ``gt_weight_by="confidence"`` gives each crop its own share (fkd-train's --gt-weight-by). On a
-        store of stored Mixup/CutMix pairs a ground-truth share is refused: its batches' ground truth
-        is the two images' labels mixed (``fkd.data.mixing.mixed_ground_truth`` of ``batch.labels``,
-        ``batch.partner_labels`` and ``batch.own_share``), which these targets do not compute yet."""
-        spec = self.store.meta.augmentation
-        if gt_weight > 0 and spec is not None and spec.mixes:
-            raise ReplayError(f"{self.store.path} stores Mixup/CutMix pairs: the ground truth of a crop is its two images' labels mixed "
-                              "by its own share (fkd.data.mixing.mixed_ground_truth); use gt_weight=0, or mix it yourself")
+        store of stored Mixup/CutMix pairs the ground truth is both images' labels mixed by each
+        crop's own share of its view (``batch.partner_labels``, ``batch.own_share``)."""
         return StoredTargets.of_store(self.store, gt_weight, smoothing, gt_weight_by)
 
 

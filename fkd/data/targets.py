@@ -24,6 +24,7 @@ from ..payload.quantize import LabelCodec
 from ..store import LabelStore
 from .checks import check_labels_known
 from .errors import ReplayError
+from .mixing import mixed_ground_truth
 from .multicrop import CropBatch
 
 GT_WEIGHT_BY = ("constant", "confidence")
@@ -112,14 +113,18 @@ class StoredTargets:
             raise ReplayError("these batches hold no embeddings: pass an embedding store (embed_store, or as the store)")
         return decode_embedding(batch.embedding, batch.scales)
 
-    def ground_truth(self, labels: torch.Tensor) -> torch.Tensor:
-        return one_hot_targets(labels, self.num_classes, self.smoothing)
+    def ground_truth(self, batch: CropBatch) -> torch.Tensor:
+        """The crops' ground truth (B*n, C), smoothed: one-hot of the image's label, or on a store of
+        stored Mixup/CutMix pairs both images' labels mixed by each crop's own share of its view."""
+        if batch.partner_labels is None:
+            return one_hot_targets(batch.labels, self.num_classes, self.smoothing)
+        return mixed_ground_truth(batch.labels, batch.partner_labels, batch.own_share, self.num_classes, self.smoothing)
 
     def __call__(self, batch: CropBatch) -> torch.Tensor:
-        """The training target (B*n, C): ``(1 - W) * labels(batch) + W * ground_truth(batch.labels)``,
+        """The training target (B*n, C): ``(1 - W) * labels(batch) + W * ground_truth(batch)``,
         with ``W`` per crop (a column) under ``gt_weight_by="confidence"``."""
         stored = self.labels(batch)
         if not self.gt_weight:
             return stored
         weight = self.gt_weight if self.gt_weight_by == "constant" else confidence_gt_weights(stored, self.gt_weight).unsqueeze(1)
-        return (1.0 - weight) * stored + weight * self.ground_truth(batch.labels)
+        return (1.0 - weight) * stored + weight * self.ground_truth(batch)
