@@ -17,6 +17,7 @@ from fkd.data.stored import StoredCrops
 from fkd.store import LabelStore
 from labelgen.messages import ShardTask
 from labelgen.plan import image_refs
+from train.modes import DeiTMode, SupervisedMode
 
 from conftest import make_image_folder
 from test_labelgen_worker import save_tiny_teacher
@@ -84,3 +85,7 @@ def test_stored_crops_refuse_augmenting_on_top_and_mix_both_ground_truths(assets
     assert torch.allclose(targets(batch), 0.7 * targets.labels(batch) + 0.3 * (share * own + (1 - share) * other), rtol=0, atol=1e-6)
     crossed = (batch.partner_labels != batch.labels) & (batch.own_share < 1)
     assert crossed.any() and (targets.ground_truth(batch)[crossed].gather(1, batch.partner_labels[crossed, None]) > 0).all()
+    meta = train.store.meta  # every mode's ground truth is the mixed one: supervised, the DeiT class head
+    assert torch.equal(SupervisedMode(3).targets(batch), targets.ground_truth(batch))
+    deit = DeiTMode(meta.scheme, 3, 0.0, "hard", 0.5, temperature=meta.temperature, log_probs=meta.full_log_probs)
+    assert torch.equal(deit.targets(batch)[:, :3], targets.ground_truth(batch))

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from fkd.data.multicrop import CropBatch
-from fkd.data.targets import one_hot_targets
+from fkd.data.targets import crop_ground_truth
 from fkd.losses.features import feature_loss, feature_map_loss
 from fkd.losses.labels import soft_target_cross_entropy
 from fkd.payload.embedding_codec import decode as decode_embedding
@@ -65,7 +65,7 @@ class GroundTruthShare:
         self.smoothing = smoothing
 
     def truth(self, batch: CropBatch) -> "list[torch.Tensor]":
-        return [one_hot_targets(batch.labels, self.num_classes, self.smoothing)] if self.gt_weight else []
+        return [crop_ground_truth(batch, self.num_classes, self.smoothing)] if self.gt_weight else []
 
 
 class EmbeddingMode(GroundTruthShare):

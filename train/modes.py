@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fkd.data.multicrop import CropBatch
-from fkd.data.targets import StoredTargets, one_hot_targets
+from fkd.data.targets import StoredTargets, crop_ground_truth
 from fkd.losses.labels import DistillationLoss, deit_token_loss, soft_target_cross_entropy
 from fkd.payload.quantize import LabelCodec
 
@@ -72,7 +72,7 @@ class SupervisedMode:
         self.smoothing = smoothing
 
     def targets(self, batch: CropBatch) -> torch.Tensor:
-        return one_hot_targets(batch.labels, self.num_classes, self.smoothing)
+        return crop_ground_truth(batch, self.num_classes, self.smoothing)
 
     def loss(self, output: torch.Tensor, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return soft_target_cross_entropy(output, targets)
@@ -133,7 +133,7 @@ class DeiTMode:
             )
 
     def targets(self, batch: CropBatch) -> torch.Tensor:
-        gt = one_hot_targets(batch.labels, self.num_classes, self.smoothing)
+        gt = crop_ground_truth(batch, self.num_classes, self.smoothing)
         if self.kind == "soft":
             teacher = self.codec.tempered(batch.indices, batch.values, self.tau)
         else:

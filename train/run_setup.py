@@ -66,23 +66,14 @@ RECOLOURED = (
 )
 
 
-PAIR_GROUND_TRUTH = (
-    "{store} stores Mixup/CutMix pairs, so the ground truth of a crop is its two images' labels mixed by its own share; "
-    "{what} would train on the first image's label alone: use --mode fkd on this store (its --gt-weight mixes both labels)"
-)
-
-
 def check_reinforced(config: TrainConfig, store: LabelStore) -> None:
     """A reinforced store (format version 6) replays each crop's stored augmentation: per-crop
-    augmentation on top, or batch Mixup/CutMix over stored pairs, is refused in one line; so are the
-    modes other than fkd on stored pairs (their ground truth would be the first image's label alone)."""
-    augment, distill = config.augment, config.distill
+    augmentation on top, or batch Mixup/CutMix over stored pairs, is refused in one line (the ground
+    truth of a stored pair, every mode's, is ``fkd.data.targets.crop_ground_truth``)."""
+    augment = config.augment
     per_crop = [flag for flag, on in (("--randaugment", bool(augment.randaugment)), ("--color-jitter", augment.color_jitter > 0),
                                       ("--reprob", augment.reprob > 0)) if on]
     check_online_augment(store.meta, store.path, per_crop, batch_mixing=augment.mixup > 0 or augment.cutmix > 0)
-    spec = store.meta.augmentation
-    if spec is not None and spec.mixes and distill.mode != "fkd":
-        raise SetupError(PAIR_GROUND_TRUTH.format(store=store.path, what=f"--mode {distill.mode}"))
 
 
 def recolour_warnings(augment: AugmentConfig) -> list[str]:

@@ -17,9 +17,8 @@ and the same three with ground truth at weight W (``--gt-weight``, default 0.3) 
 the matching objective (``--kd-alpha 1-W``: (1-W) KD + W CE(mixed ground truth)). Each stored row
 is read against its online row as "stored labels within the seed spread of online KD under the same
 augmentation" (``bench_vit.within_seed_spread``), and stored pairs against linearly mixed labels.
-The stored-pair rows with W > 0 need fkd-train to mix the two images' ground truth by each crop's
-own share (``fkd.data.mixing.mixed_ground_truth``): until its targets do, fkd-train refuses them in
-one line and the block stops there (the runs before it are kept).
+The stored-pair rows with W > 0 mix the two images' ground truth by each crop's own share of its
+view (``fkd.data.targets.StoredTargets.ground_truth``), as online KD's Mixup mixes it.
 
 Time: the pairs store is labelled once (the scale block's full store took 2,637 s with 2 workers;
 pairs add a partner decode and crop per image), then 12 runs of about 700 s each (the scale block's

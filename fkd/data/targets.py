@@ -66,6 +66,15 @@ def one_hot_targets(labels: torch.Tensor, num_classes: int, smoothing: float = 0
     return one_hot(labels, num_classes, on_value=1.0 - smoothing + off, off_value=off)
 
 
+def crop_ground_truth(batch: CropBatch, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
+    """The crops' ground truth (B*n, C), smoothed: one-hot of each image's label, or, on a store of
+    stored Mixup/CutMix pairs, both images' labels mixed by each crop's own share of its view (the
+    ground truth of every fkd-train mode, as batch Mixup mixes it)."""
+    if batch.partner_labels is None:
+        return one_hot_targets(batch.labels, num_classes, smoothing)
+    return mixed_ground_truth(batch.labels, batch.partner_labels, batch.own_share, num_classes, smoothing)
+
+
 @dataclass(frozen=True)
 class StoredTargets:
     """Dense targets of a ``CropBatch``: ``labels`` the stored soft labels (B*n, C), ``embedding``
@@ -114,11 +123,8 @@ class StoredTargets:
         return decode_embedding(batch.embedding, batch.scales)
 
     def ground_truth(self, batch: CropBatch) -> torch.Tensor:
-        """The crops' ground truth (B*n, C), smoothed: one-hot of the image's label, or on a store of
-        stored Mixup/CutMix pairs both images' labels mixed by each crop's own share of its view."""
-        if batch.partner_labels is None:
-            return one_hot_targets(batch.labels, self.num_classes, self.smoothing)
-        return mixed_ground_truth(batch.labels, batch.partner_labels, batch.own_share, self.num_classes, self.smoothing)
+        """The crops' ground truth (``crop_ground_truth``): on stored pairs both images' labels."""
+        return crop_ground_truth(batch, self.num_classes, self.smoothing)
 
     def __call__(self, batch: CropBatch) -> torch.Tensor:
         """The training target (B*n, C): ``(1 - W) * labels(batch) + W * ground_truth(batch)``,
