@@ -26,7 +26,7 @@ demo: venv
 bench-quick: venv
 	$(PY) benchmarks/run_all.py --quick
 
-# On a CUDA machine: the GPU paths CI cannot run (GPU teacher, AMP, --compile, NCCL, --replay-device cuda), under 8 minutes.
+# On a CUDA machine: the GPU paths CI cannot run (GPU teacher, AMP, --compile, NCCL, --replay-device cuda), under 10 minutes (with the short GPU-labelgen benchmark).
 gpu-check: venv
 	$(PY) scripts/gpu_check.py
 

@@ -11,8 +11,11 @@ one of other classes): it keeps the data's own classes as ground truth.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
+
+import torch
 
 from fkd.data.classes import ClassSpaceError, apply_class_map, check_class_space, read_class_map, store_class_names
 from fkd.data.images import ImageList, list_images
@@ -43,6 +46,13 @@ def check_inputs(
     if embedding is not None:
         check_embedding(embedding, images, teacher)
     return images
+
+
+def check_crop_device(crop_device: str, ray_address: "str | None") -> None:
+    """--crop-device cuda on a local run needs a GPU this process can see (a cluster's workers are
+    checked where they run: they may have the GPUs the driver lacks)."""
+    if crop_device == "cuda" and not (ray_address or os.environ.get("RAY_ADDRESS")) and not torch.cuda.is_available():
+        raise InputError("--crop-device cuda needs a GPU, but torch sees none on this machine: use --crop-device cpu")
 
 
 def check_embedding(settings: EmbeddingSettings, images: ImageList, teacher: TeacherSpec) -> None:

@@ -39,6 +39,8 @@ TARGETS = ("labels", "embedding")
 LABEL_ONLY = {"scheme": "--scheme", "top_k": "--top-k", "temperature": "--temperature", "class_map": "--class-map"}
 VIEW_FLAGS = {"mix_switch_prob": "--mixup-switch-prob"}
 """ViewSpec fields whose flag is not --field-name (fkd-train's and timm's name)."""
+CROP_DEVICES = ("auto", "cuda", "cpu")
+"""--crop-device (labelgen.device_batch.crop_cutter)."""
 EMBEDDING_ONLY = {"embedding_from": "--embedding-from", "embedding_dtype": "--embedding-dtype", "embedding_norm": "--embedding-norm"}
 
 
@@ -117,14 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "l2 or layernorm (no affine) over the vector")
     add_view_args(parser)
     compute = parser.add_argument_group("compute")
-    compute.add_argument("--batch-size", type=int, default=256, metavar="B",
-                         help="crops per teacher forward pass (batches are cut the same way whatever the number of workers)")
+    compute.add_argument("--batch-size", type=batch_size_arg, default=256, metavar="B",
+                         help="crops per teacher forward pass (batches are cut the same way whatever the number of workers), or auto: "
+                         "on a GPU the largest power of two up to 4096 that fits the worker's share of its memory, on a CPU 256")
     compute.add_argument("--threads", type=int, default=1, metavar="T",
                          help="torch intra-op threads of each worker's teacher. Labels are bitwise identical for the same "
                          "device type, threads and --batch-size whatever the number of workers; another thread count "
                          "changes CPU results within floating-point reproducibility")
     compute.add_argument("--device", default="auto",
                          help="teacher device in each worker: auto (CUDA when the worker has a GPU), cpu, cuda, cuda:N")
+    compute.add_argument("--crop-device", choices=CROP_DEVICES, default="auto",
+                         help="where the crops are cut, resized and flipped: cuda (on the teacher's GPU with fkd-train's "
+                         "--replay-device cuda kernel: within 2 grey levels of the CPU replay, recorded in the store), cpu (torch's "
+                         "uint8 kernel in the decode threads), auto (cuda when the worker's teacher is on a GPU)")
+    compute.add_argument("--compile", action="store_true", help="torch.compile the teacher's forward in each worker")
     compute.add_argument("--workers", type=int, default=None, metavar="N",
                          help="Ray actors, each loading the teacher once (default: one per GPU of the cluster; without GPUs one "
                          "per CPU)")
@@ -169,6 +177,16 @@ def add_view_args(parser: argparse.ArgumentParser) -> None:
                        "per image here and in training")
 
 
+def batch_size_arg(text: str) -> "int | str":
+    """--batch-size: a whole number or 'auto' (checked >= 1 with the other counts)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number or auto, got {text!r}") from None
+
+
 def view_spec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> "ViewSpec | None":
     """The augmentation asked for (None: a plain store, as before version 6)."""
     if args.randaugment:
@@ -195,10 +213,13 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     if not 1 <= args.crops <= 65535:
         parser.error(f"--crops must be in 1..65535, got {args.crops}")
     for name in ("top_k", "shard_size", "batch_size", "threads"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) != "auto" and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.workers is not None and args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
+    if args.crop_device == "cuda" and args.device == "cpu":
+        parser.error("--crop-device cuda cuts the crops on the teacher's GPU, but --device cpu puts the teacher on the CPU: "
+                     "use --crop-device cpu or --device cuda")
     if args.max_retries < 0:
         parser.error(f"--max-retries must be >= 0, got {args.max_retries}")
     try:
@@ -212,10 +233,12 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         out=Path(args.out),
         teacher=TeacherSpec.from_namespace(args),
         labels=LabelSettings(scheme, top_k, args.crops, args.seed, crop_params, args.shard_size, embedding, view_spec(args, parser)),
-        batch_size=args.batch_size,
+        batch_size=None if args.batch_size == "auto" else args.batch_size,
         threads=args.threads,
         class_map=args.class_map,
         device=args.device,
+        crop_device=args.crop_device,
+        compile=args.compile,
         workers=args.workers,
         cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker,

@@ -22,7 +22,7 @@ from fkd.config import save_args
 from fkd.store import Manifest, StoreMeta, StoreMismatchError, open_for_writing, remove_store, shard_file_problem, store_lock, write_shard
 from fkd.teacher.options import TeacherSpec
 
-from .checks import check_inputs, class_space
+from .checks import check_crop_device, check_inputs, class_space
 from .errors import BadImage, BadImagesError, InputError
 from .messages import ImageRef, LabelSettings, ShardTask
 from .plan import chunks, image_refs, keep_good, pending_shards, previous_scan, store_meta
@@ -51,10 +51,12 @@ class RunConfig:
     out: Path
     teacher: TeacherSpec
     labels: LabelSettings
-    batch_size: int = 256
+    batch_size: "int | None" = 256  # None: --batch-size auto
     threads: int = 1
     class_map: "Path | None" = None
     device: str = "auto"
+    crop_device: str = "auto"
+    compile: bool = False
     workers: "int | None" = None
     cpus_per_worker: "float | None" = None
     gpus_per_worker: "float | None" = None
@@ -150,12 +152,14 @@ def resolve_sizing(workers: "int | None", cpus: "float | None", gpus: "float | N
 def run(config: RunConfig, log: Callable[[str], None] = _stderr) -> Summary:
     """Generate (or finish) the label store ``config.out``."""
     started = time.perf_counter()
+    check_crop_device(config.crop_device, config.ray_address)
     listing = check_inputs(config.data, config.out, config.teacher, config.class_map, config.labels.embedding)
     with ray_session(config.ray_address):
         sizing = resolve_sizing(config.workers, config.cpus_per_worker, config.gpus_per_worker, config.device)
         worker_config = WorkerConfig(
             config.teacher, config.labels, config.batch_size, threads=config.threads,
-            decode_threads=max(1, int(sizing.cpus_per_worker)), device=config.device,
+            decode_threads=max(1, int(sizing.cpus_per_worker)), device=config.device, crop_device=config.crop_device,
+            compile=config.compile, gpu_share=min(1.0, sizing.gpus_per_worker) or 1.0,
         )
         log(f"fkd-labelgen: {len(listing)} images; starting {sizing.workers} worker(s) with {sizing.cpus_per_worker:g} CPUs, "
             f"{sizing.gpus_per_worker:g} GPUs and {config.threads} teacher thread(s) each")
@@ -178,7 +182,8 @@ def run(config: RunConfig, log: Callable[[str], None] = _stderr) -> Summary:
                     save_args({**vars(config.args), "overwrite": False}, config.out / ARGS_FILE)
                 drop_damaged_shards(manifest, config.out, log)
                 tasks = pending_shards(manifest, kept)
-                log(f"fkd-labelgen: teacher on {teacher.device}, input {teacher.input_size}; "
+                log(f"fkd-labelgen: teacher on {teacher.device}, input {teacher.input_size}, crops cut on {teacher.crop_device}, "
+                    f"batches of {teacher.batch_size}; "
                     f"{manifest.meta.num_shards} shards, {manifest.meta.num_shards - len(tasks)} already done")
                 labelling_started = time.perf_counter()
                 labelled, teacher_seconds = label_shards(pool, manifest, config.out, tasks, len(kept), config.progress)

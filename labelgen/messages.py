@@ -88,3 +88,5 @@ class TeacherInfo:
     precision: str
     class_names: "list[str] | None"  # what each output index means, when the teacher says
     embedding_dims: "tuple[int, ...] | None" = None  # --target embedding: each member's D, in member order
+    crop_device: str = "cpu"  # where the worker cuts the crops (device_batch.CropCutter.crop_device), as the store records it
+    batch_size: int = 0  # crops per teacher forward (what --batch-size auto resolved to)

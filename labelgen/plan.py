@@ -73,6 +73,7 @@ def store_meta(
         std=teacher.std,
         seed=settings.seed,
         augmentation=settings.views,
+        crop_device=teacher.crop_device,
         data_fingerprint=images.fingerprint(),
         bad_images=[b.to_dict() for b in bad],
     )

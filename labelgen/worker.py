@@ -16,6 +16,9 @@ In a reinforced store (``LabelSettings.views``) each crop's augmentation is draw
 the teacher (``fkd.data.views``), and a paired crop is mixed with its partner's crop, rendered from
 the partner image (decoded once per image; the task lists partners of any shard) as training will.
 
+Crops are cut on the CPU by torch's uint8 kernel or, with ``--crop-device cuda`` (the default on a
+GPU), on the teacher's device: ``labelgen.device_batch``, which also sizes and halves GPU batches.
+
 The class is plain Python (tests drive it directly); ``labelgen.pool`` runs it as a Ray actor.
 """
 
@@ -27,20 +30,22 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
 
-from fkd.data.crops import boxes_to_fixed, replay_fixed, sample_crops
+from fkd.data.crops import boxes_to_fixed, sample_crops
 from fkd.data.images import BadImageError, LoadedImage, read_image
 from fkd.data.mixing import render_pairs
 from fkd.data.views import ViewRenderer, sample_views
 from fkd.store import ShardData, ViewParams, compress_records
 from fkd.teacher.options import TeacherSpec
 
+from .batching import CropBatcher, PayloadBuffer
+from .device_batch import auto_batch_size, crop_cutter, forward_halving
 from .errors import BadImage
 from .messages import ImageRef, LabelSettings, ShardOutcome, ShardTask, TeacherInfo
 from .targets import BatchTarget, EncodedPayload, batch_target
@@ -61,17 +66,20 @@ class WorkerConfig:
 
     teacher: TeacherSpec
     labels: LabelSettings
-    batch_size: int
+    batch_size: "int | None"  # None: --batch-size auto (device_batch.auto_batch_size)
     threads: int = 1  # torch intra-op threads of the teacher (part of what makes labels bitwise repeatable)
     decode_threads: int = 1  # images decoded and cropped in parallel (from the CPUs the worker reserves)
     device: str = "auto"
+    crop_device: str = "auto"  # --crop-device: where the crops are cut (device_batch.crop_cutter)
+    compile: bool = False  # torch.compile the teacher's forward
+    gpu_share: float = 1.0  # the part of its GPU the worker reserves (bounds --batch-size auto)
 
 
 @dataclass
 class PreparedImage:
     """One decoded image's crops, ready for the teacher."""
 
-    views: torch.Tensor  # (M, 3, s, s) uint8, on the teacher's device
+    views: torch.Tensor  # (M, 3, s, s) uint8, where the crops were cut
     boxes_fixed: np.ndarray  # (M, 4) uint16
     flips: np.ndarray  # (M,) bool
     size: tuple[int, int]  # original (height, width)
@@ -98,9 +106,13 @@ class LabelWorker:
         self.device = resolve_device(config.device)
         self.teacher = config.teacher.create(self.device).eval()
         self.target: BatchTarget = batch_target(self.teacher, config.labels)
-        self.input_size = tuple(self.teacher.data_config.input_size)
-        self.interpolation = self.teacher.data_config.interpolation
         cfg = self.teacher.data_config
+        self.input_size = tuple(cfg.input_size)
+        self.cutter = crop_cutter(config.crop_device, self.device, self.input_size, cfg.interpolation)
+        auto = config.batch_size is None
+        self.batch_size = auto_batch_size(self.target.forward, self.input_size, self.device, config.gpu_share) if auto else config.batch_size
+        if config.compile:
+            self.target = replace(self.target, forward=torch.compile(self.target.forward))
         views = config.labels.views
         self.views = None if views is None else ViewRenderer(views, config.labels.seed, tuple(cfg.mean), tuple(cfg.std))
         self.pool = ThreadPoolExecutor(max(1, config.decode_threads), thread_name_prefix="fkd-decode")
@@ -119,6 +131,8 @@ class LabelWorker:
             precision=self.teacher.precision,
             class_names=self.teacher.class_names,
             embedding_dims=self.target.embedding_dims,
+            crop_device=self.cutter.crop_device,
+            batch_size=self.batch_size,
         )
 
     # Image checks ---------------------------------------------------------------------------
@@ -148,7 +162,7 @@ class LabelWorker:
         params: list[ViewParams] = []
         records: list[bytes] = []
         pending = PayloadBuffer()
-        batcher = CropBatcher(self.config.batch_size)
+        batcher = CropBatcher(self.batch_size)
         teacher_seconds = 0.0
 
         def run(batch: torch.Tensor) -> None:
@@ -217,11 +231,8 @@ class LabelWorker:
         height, width = (int(v) for v in pixels.shape[-2:])
         crops = sample_crops(image_id, height, width, cfg.num_crops, cfg.seed, cfg.crop_params)
         fixed = boxes_to_fixed(crops.boxes, height, width)
-        if self.device.type == "cuda":
-            # Cut and resize on the GPU: the CPU threads only decode.
-            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
         rows = slice(None) if chosen is None else chosen
-        return replay_fixed(pixels, fixed[rows], crops.flips[rows], self.input_size, self.interpolation), fixed, crops.flips
+        return self.cutter(pixels, fixed[rows], crops.flips[rows]), fixed, crops.flips
 
     def _partner_crops(self, task: ShardTask, index: int, chosen: np.ndarray) -> torch.Tensor:
         """Crops ``chosen`` of partner image ``index`` with their own augmentation (never mixed again)."""
@@ -238,17 +249,18 @@ class LabelWorker:
     def _label_batch(self, views: torch.Tensor) -> tuple[EncodedPayload, float]:
         """The batch's encoded labels (or embeddings) and the seconds the teacher's forward took: the device is
         synchronized first, so queued crop work is not counted, and the finiteness check waits for
-        the forward to finish (the figure behind fkd-labelgen's teacher busy fraction)."""
+        the forward to finish (the figure behind fkd-labelgen's teacher busy fraction). A batch the
+        GPU has no memory for is run in two halves (``forward_halving``)."""
         x = views.to(self.device, non_blocking=True).float().div_(255.0)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         started = time.perf_counter()
-        output = self.target.forward(x).float()
+        output = forward_halving(self.target.forward, x).float()
         finite = bool(torch.isfinite(output).all())
         seconds = time.perf_counter() - started
         if not finite:
             raise RuntimeError(f"the teacher returned non-finite {self.target.what}")
-        return self.target.encode(output.cpu().numpy()), seconds
+        return self.target.encode(output), seconds
 
     def _ordered(self, fn: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[R]:
         """``map(fn, items)`` on the thread pool, in order, with at most ``window`` items in flight
@@ -261,69 +273,6 @@ class LabelWorker:
             if nxt is not None:
                 futures.append(self.pool.submit(fn, nxt))
             yield result
-
-
-class CropBatcher:
-    """Cuts a stream of per-image crop tensors into batches of exactly ``batch_size`` crops (the
-    last one may be smaller), crossing image boundaries."""
-
-    def __init__(self, batch_size: int):
-        if batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-        self.batch_size = batch_size
-        self.parts: list[torch.Tensor] = []
-        self.count = 0
-
-    def add(self, views: torch.Tensor) -> list[torch.Tensor]:
-        self.parts.append(views)
-        self.count += len(views)
-        batches = []
-        while self.count >= self.batch_size:
-            joined = torch.cat(self.parts) if len(self.parts) > 1 else self.parts[0]
-            batches.append(joined[: self.batch_size])
-            rest = joined[self.batch_size :]
-            self.parts = [rest] if len(rest) else []
-            self.count = len(rest)
-        return batches
-
-    def flush(self) -> list[torch.Tensor]:
-        if not self.count:
-            return []
-        batch = torch.cat(self.parts)
-        self.parts, self.count = [], 0
-        return [batch]
-
-
-class PayloadBuffer:
-    """Encoded crops waiting until all M crops of their image are labelled. Payload-blind: it keeps
-    the arrays of ``payload.arrays()`` (the record's payload fields in order, None where absent),
-    so soft labels and embeddings go through it alike."""
-
-    def __init__(self) -> None:
-        self.fields: list[list[np.ndarray]] = []
-        self.rows = 0
-
-    def add(self, payload: EncodedPayload) -> None:
-        arrays = payload.arrays()
-        if not self.fields:
-            self.fields = [[] for _ in arrays]
-        for parts, array in zip(self.fields, arrays):
-            if array is not None:
-                parts.append(array)
-        self.rows += len(next(a for a in arrays if a is not None))
-
-    def take(self, rows: int) -> tuple["np.ndarray | None", ...]:
-        """The first ``rows`` crops of every field (None for a field the payload does not have)."""
-        out = []
-        for parts in self.fields:
-            if not parts:
-                out.append(None)
-                continue
-            joined = np.concatenate(parts)
-            parts[:] = [joined[rows:]] if len(joined) > rows else []
-            out.append(joined[:rows])
-        self.rows -= rows
-        return tuple(out)
 
 
 def _load(image: ImageRef) -> "LoadedImage | BadImage":

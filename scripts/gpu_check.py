@@ -1,4 +1,4 @@
-"""``make gpu-check``: the CUDA paths that CPU-only CI cannot run, in one command, in under 8 minutes.
+"""``make gpu-check``: the CUDA paths that CPU-only CI cannot run, in one command, in under 10 minutes.
 
 On a CUDA machine it runs, each step in a subprocess with a timeout, and prints one table (step,
 ok/FAILED, key figure, seconds); it exits 1 if any step failed or ran out of time:
@@ -10,7 +10,9 @@ ok/FAILED, key figure, seconds); it exits 1 if any step failed or ran out of tim
    ``--compile``; then with ``--replay-device cuda`` (crops cut on the GPU);
 3. NCCL: init + all_reduce, and fkd-train under torchrun on every GPU (DDP over NCCL; with one GPU
    the run has world size 1, which trains without a process group);
-4. the loader benchmark (``benchmarks/speed/loader.py --quick --replay-device cuda``).
+4. the loader benchmark (``benchmarks/speed/loader.py --quick --replay-device cuda``);
+5. the labelgen GPU benchmark (``benchmarks/speed/labelgen_gpu.py --short``): fkd-labelgen with
+   crops cut on the GPU against the teacher's pure forward (``benchmark_steps``).
 
 Without a CUDA device it says so in one line and exits 0, so it is safe in any ``make`` run.
 
@@ -139,6 +141,21 @@ def plan(work: Path, cifar: Path, cifar_small: Path, gpus: int, cpus: int) -> li
     return steps
 
 
+def labelgen_gpu_figure(path: Path) -> Callable[[str], str]:
+    def figure(output: str) -> str:
+        rows = json.loads(path.read_text())["rows"]
+        return "; ".join(f"{r['teacher']} {r['precision']} {r['crops_per_s']:,.0f} crops/s, {r['ratio_to_forward']:.2f} of the forward, "
+                         f"teacher busy {r['teacher_busy']:.0f} %" for r in rows)
+    return figure
+
+
+def benchmark_steps(work: Path) -> list[Step]:
+    """The GPU benchmarks' short settings, run after ``plan``'s steps."""
+    out = work / "labelgen-gpu.json"
+    return [Step("labelgen GPU benchmark --short (crops cut on the GPU)", [
+        sys.executable, str(REPO / "benchmarks" / "speed" / "labelgen_gpu.py"), "--short", "--out", str(out)], 150, labelgen_gpu_figure(out))]
+
+
 def run_step(step: Step, deadline: float, logs: Path) -> Outcome:
     """Run one step within its timeout and the overall deadline; its output goes to ``logs``."""
     limit = min(step.timeout, deadline - time.monotonic())
@@ -172,7 +189,7 @@ def table(outcomes: list[Outcome]) -> str:
 def main(argv: "list[str] | None" = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, help="folder for the stores, runs and logs (default: a new folder under the temporary directory)")
-    parser.add_argument("--budget", type=float, default=470, help="seconds for all steps together (default 470: under 8 minutes)")
+    parser.add_argument("--budget", type=float, default=590, help="seconds for all steps together (default 590: under 10 minutes)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu-check: no CUDA device (torch.cuda.is_available() is False); nothing to check")
@@ -187,7 +204,7 @@ def main(argv: "list[str] | None" = None) -> int:
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     outcomes = []
-    for step in plan(work, balanced_subset("train", 100), balanced_subset("train", 25), gpus, cpus):
+    for step in plan(work, balanced_subset("train", 100), balanced_subset("train", 25), gpus, cpus) + benchmark_steps(work):
         outcomes.append(run_step(step, deadline, logs))
         print(f"  {step.name}: {'ok' if outcomes[-1].ok else 'FAILED'} ({outcomes[-1].seconds:.0f} s)", flush=True)
     print(table(outcomes))

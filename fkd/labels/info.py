@@ -61,6 +61,7 @@ class StoreInfo:
     seed: int | None  # None for stores imported from the official FKD format, whose crops were drawn unseeded
     bad_images: int
     augmentation: dict[str, Any] | None = None  # a reinforced store's (format version 6) per-crop augmentation
+    crop_device: str = "cpu"  # where fkd-labelgen cut the crops: "cpu" (training's CPU replay, bit for bit) or "cuda"
     subset: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,6 +119,7 @@ def store_info(path: "str | Path", subset: "SubsetSpec | None" = None) -> StoreI
         seed=None if is_imported(meta.teachers) else meta.seed,
         bad_images=len(meta.bad_images),
         augmentation=None if meta.augmentation is None else meta.augmentation.to_dict(),
+        crop_device=meta.crop_device,
     )
     if subset is not None:
         with LabelStore(path, allow_incomplete=True, payload=None) as store:
@@ -173,6 +175,8 @@ def format_info(info: StoreInfo) -> str:
         f"teacher view: {info.input_size[0]}x{info.input_size[1]} {info.interpolation}, "
         + ("" if info.embedding is not None else f"temperature {info.temperature}, ")  # features are taken before any softmax
         + f"precision {info.teacher_precision}",
+        "crops cut:    " + ("on the GPU (device kernel: within 2 grey levels of the CPU replay training uses)" if info.crop_device == "cuda"
+                            else "on the CPU (torch's uint8 kernel: the CPU replay training uses, bit for bit)"),
         "augmentation: " + ("none (box and flip only: training augmentation comes after the teacher)" if info.augmentation is None
                             else f"{ViewSpec.from_dict(info.augmentation).describe()}, labelled as augmented"),
         "fingerprints: " + ("CRC-32 of every image file (checked by fkd-train and show)" if info.image_fingerprint == "crc32"

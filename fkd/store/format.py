@@ -48,6 +48,10 @@ without the augmentation its labels describe."""
 PAYLOADS = ("labels", "embedding")
 PAYLOAD_NAMES = {"labels": "soft labels", "embedding": "embeddings"}
 FINGERPRINTS = ("crc32", "none")
+CROP_DEVICES = ("cpu", "cuda")
+"""Where fkd-labelgen cut the crops (``crop_device``): "cpu" is torch's uint8 kernel, the very replay of
+fkd-train's workers; "cuda" the device kernel (``fkd.data.device_crops``), within 2 grey levels of it.
+An optional field: "cpu" is not written, so those stores keep the bytes and readers they had."""
 UNKNOWN_PRECISION = "unknown"
 MANIFEST_NAME = "store.json"
 SHARD_PATTERN = "shard-{:05d}.h5"
@@ -92,6 +96,7 @@ class StoreMeta:
     image_fingerprint: str = "none"  # "crc32": every shard keeps the CRC-32 of each image file's bytes
     embedding: "EmbeddingSpec | None" = None  # the payload is embeddings (format 4) instead of soft labels; scheme None, top_k 0
     augmentation: "ViewSpec | None" = None  # per-crop augmentation decided at generation (format 6, fkd.store.views)
+    crop_device: str = "cpu"  # where labelgen cut the crops the teacher saw: "cpu" (absent in store.json) or "cuda" (docs/FORMAT.md)
     bad_images: list[dict[str, str]] = field(default_factory=list)
     store_id: str = ""
     created: str = ""
@@ -245,6 +250,8 @@ class StoreMeta:
             raise StoreFormatError(None, "metadata field class_names must hold strings")
         if self.teacher_precision not in PRECISIONS + (UNKNOWN_PRECISION,):
             raise StoreFormatError(None, f"metadata field teacher_precision must be one of {list(PRECISIONS)}, got {self.teacher_precision!r}")
+        if self.crop_device not in CROP_DEVICES:
+            raise StoreFormatError(None, f"metadata field crop_device must be one of {list(CROP_DEVICES)}, got {self.crop_device!r}")
         if self.image_fingerprint not in FINGERPRINTS:
             raise StoreFormatError(None, f"metadata field image_fingerprint must be one of {list(FINGERPRINTS)}, got {self.image_fingerprint!r}")
         if self.class_map is not None and not (
@@ -296,11 +303,13 @@ class StoreMeta:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``store.json``; a label store's has no ``embedding`` key, as in version 3,
-        and a store without augmentation no ``augmentation`` key, as before version 6."""
+        and a store without augmentation no ``augmentation`` key, as before version 6; crops cut on the CPU no ``crop_device``."""
         d = json.loads(json.dumps(dataclasses.asdict(self)))
         for optional in ("embedding", "augmentation"):
             if d[optional] is None:
                 del d[optional]
+        if d["crop_device"] == "cpu":
+            del d["crop_device"]
         return d
 
     @classmethod
