@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fkd.data.crops import fixed_to_boxes, replay_fixed
+from fkd.data import device_crops
+from fkd.data.crops import fixed_to_boxes, parse_interpolation, replay_fixed
 from fkd.data.device_crops import cut_crops
 from fkd.payload import quantize
 from fkd.payload.schemes import Scheme
@@ -70,10 +71,12 @@ class CropCutter:
 
 
 def crop_cutter(name: str, teacher_device: torch.device, size: tuple[int, int], interpolation: str) -> CropCutter:
-    """``--crop-device``: auto is cuda when the teacher runs on a GPU (and its input is square, as the
-    device kernel cuts), else cpu; cuda on a worker whose teacher is not on a GPU is refused."""
+    """``--crop-device``: auto is cuda when the teacher runs on a GPU (and its input is square and its
+    interpolation one the device kernel has), else cpu; cuda on a worker whose teacher is not on a
+    GPU, or with an input the kernel cannot cut, is refused."""
     square = size[0] == size[1]
-    if name == "cpu" or (name == "auto" and (teacher_device.type != "cuda" or not square)):
+    kernel_has = parse_interpolation(interpolation) in device_crops.MODES
+    if name == "cpu" or (name == "auto" and (teacher_device.type != "cuda" or not square or not kernel_has)):
         return CropCutter(torch.device("cpu"), False, size, interpolation)
     if name not in ("auto", "cuda"):
         raise ValueError(f"--crop-device must be auto, cuda or cpu, got {name!r}")
@@ -82,6 +85,9 @@ def crop_cutter(name: str, teacher_device: torch.device, size: tuple[int, int], 
                            "use --crop-device cpu")
     if not square:
         raise RuntimeError(f"--crop-device cuda cuts square crops, but the teacher's input is {size[0]}x{size[1]}: use --crop-device cpu")
+    if not kernel_has:
+        raise RuntimeError(f"--crop-device cuda resizes bilinear, bicubic or nearest, but the teacher's interpolation is {interpolation}: "
+                           "use --crop-device cpu")
     return CropCutter(teacher_device, True, size, interpolation)
 
 

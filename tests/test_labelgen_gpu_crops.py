@@ -77,6 +77,10 @@ def test_auto_cuts_on_the_cpu_for_a_cpu_teacher_and_cuda_is_refused_there() -> N
     assert crop_cutter("cpu", torch.device("cuda"), (224, 224), "bicubic").crop_device == "cpu"
     assert crop_cutter("auto", torch.device("cuda"), (224, 224), "bicubic").crop_device == "cuda"
     assert crop_cutter("auto", torch.device("cuda"), (224, 160), "bicubic").crop_device == "cpu"  # the device kernel cuts squares
+    assert crop_cutter("auto", torch.device("cuda"), (224, 224), "lanczos").crop_device == "cpu"  # a filter the kernel lacks
+    with pytest.raises(RuntimeError, match=r"^--crop-device cuda resizes bilinear, bicubic or nearest, but the teacher's interpolation is "
+                                           r"lanczos: use --crop-device cpu$"):
+        crop_cutter("cuda", torch.device("cuda"), (224, 224), "lanczos")
     with pytest.raises(RuntimeError, match=r"^--crop-device cuda needs the teacher on a GPU, but this worker's teacher runs on cpu: "
                                            r"use --crop-device cpu$"):
         crop_cutter("cuda", cpu, (224, 224), "bicubic")
