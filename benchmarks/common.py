@@ -92,12 +92,13 @@ def script(name: str) -> str:
     return str(path)
 
 
-def run_logged(argv: Sequence[str], log: Path, env: "dict[str, str] | None" = None) -> float:
-    """Run a command with its output in ``log``; return its wall time in seconds. On failure, print
-    the log's tail and stop: a benchmark built on a failed run would report nothing true."""
+def run_logged(argv: Sequence[str], log: Path, env: "dict[str, str] | None" = None, append: bool = False) -> float:
+    """Run a command with its output in ``log`` (after what it holds when ``append``: a resumed run
+    keeps its first part's log); return its wall time in seconds. On failure, print the log's tail
+    and stop: a benchmark built on a failed run would report nothing true."""
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with open(log, "w") as out:
+    with open(log, "a" if append else "w") as out:
         proc = subprocess.run(list(argv), stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=REPO_ROOT)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:

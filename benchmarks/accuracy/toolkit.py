@@ -138,18 +138,23 @@ def train(run: Run, args: argparse.Namespace, setting: LabelSetting, data: Path,
         # (records written before the hash was kept are taken at their argv's word).
         if record.get("argv") == argv and record.get("recipe_sha256", recipe_sha256) == recipe_sha256:
             return {**record["result"], **run.described(setting), "reused": True}
-    if out.exists():
+    # An interrupted run (hours of CPU in the scale block) continues from its last epoch: fkd-train's
+    # --resume continues exactly like an uninterrupted run, and refuses a folder of other settings.
+    resumed = (out / "last.pth").exists() and (out / "args.yaml").exists()
+    if out.exists() and not resumed:
         for stale in out.iterdir():
             stale.unlink()
-    wall = run_logged(argv, out / "train.log", threads_env(args.threads) | module_env(run.teacher))
+    wall = run_logged(argv + ["--resume", "auto"] * resumed, out / "train.log", threads_env(args.threads) | module_env(run.teacher),
+                      append=resumed)
     epochs_log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
     samples = sum(e["samples"] for e in epochs_log)
+    wall = sum(e["time"] for e in epochs_log) if resumed else wall  # both parts' epochs (evaluation included)
     train_seconds = sum(e["samples"] / e["samples_per_s"] for e in epochs_log)
     result = {
         **run.described(setting),
         "top1_per_epoch": [e["val_top1"] for e in epochs_log], "train_loss_per_epoch": [e["train_loss"] for e in epochs_log],
         "epochs": epochs, "images_per_step": images_per_step, "steps": plan.steps,
-        "top1": epochs_log[-1]["val_top1"], "top5": epochs_log[-1]["val_top5"], "wall_seconds": wall,
+        "top1": epochs_log[-1]["val_top1"], "top5": epochs_log[-1]["val_top5"], "wall_seconds": wall, "resumed": resumed,
         "train_samples": samples, "train_samples_per_s": samples / train_seconds,
     }
     done.write_text(json.dumps({"argv": argv, "recipe_sha256": recipe_sha256, "result": result}, indent=1))
