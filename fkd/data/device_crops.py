@@ -16,11 +16,14 @@ torch's own antialiased ones (``_upsample_bilinear2d_aa`` / ``_upsample_bicubic2
 pass is rounded and clamped to grey levels before the second, as torch's CPU uint8 kernel does, and
 a flip is the columns' weights in reverse order. Nearest crops are a gather.
 
-The products are float32 and need TF32 off (PyTorch's default; fkd turns it on only around a
-``--teacher-precision tf32`` teacher call): TF32 keeps 10 mantissa bits of each weight, up to a
-tenth of a grey level at 255, enough to flip the rounding to grey levels (emulated on noise images:
-3.5 % of values off the CPU replay instead of 1.7 % bilinear, 0.5 % bicubic). Autocast is turned
-off here for the same reason (it would run the products in 16 bits).
+The products are float32 whether TF32 is on or not. TF32 keeps 10 mantissa bits of each operand,
+up to a tenth of a grey level at 255, enough to flip the rounding to grey levels; and the switch is
+process-wide, so a ``--teacher-precision tf32`` teacher call on one thread would turn it on for
+crops cut on another at that moment, and a store would depend on thread timing. So each weight
+matrix goes in as two (``_tf32_split``): its values cut to 10 mantissa bits, and the remainder
+cut likewise, both exact in TF32 (22 of the weight's 24 significant bits); the other operand is
+grey levels, exact in TF32 too. So no operand changes when TF32 is on, and the crops are the same
+either way (a test emulates TF32). Autocast is turned off for the same reason (it would run the products in 16 bits).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from .crops import parse_interpolation
 
 CHUNK_BYTES = 256 * 2**20
 """Float32 working set of one chunk of an image's crops (first-pass rows, weights, output): an
-image's crops go through the products together up to this size (78 crops of a 500x375 image at 224
+image's crops go through the products together up to this size (39 crops of a 500x375 image at 224
 px), so a large image or M costs a few chunks, never one launch per crop."""
 
 
@@ -94,7 +97,7 @@ def cut_crops(
             out[row : row + count] = _gather(image, boxes[row : row + count], flips[row : row + count], size)
         else:
             image = image.float()
-            step = max(1, CHUNK_BYTES // (4 * size * (3 * height + 4 * max(height, width) + 3 * size)))
+            step = max(1, CHUNK_BYTES // (8 * size * (3 * height + 4 * max(height, width) + 3 * size)))
             for first in range(row, row + count, step):
                 last = min(first + step, row + count)
                 out[first:last] = _resample(image, boxes[first:last], flips[first:last], size, mode)
@@ -113,12 +116,28 @@ def _resample(image: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, siz
     top, left, h, w = boxes.unbind(1)
     across = _weights(left, w, width, size, mode, flips)  # (m, size, W)
     down = _weights(top, h, height, size, mode, None)  # (m, size, H)
+    rows = count * size
     with torch.autocast(image.device.type, enabled=False):
-        # One GEMM for every crop's columns: (m*size, W) @ (W, 3H) -> [crop, column, channel, row].
-        wide = (across.view(-1, width) @ image.view(3 * height, width).T).round_().clamp_(0, 255)
-        # One batched GEMM for the rows: per crop (size*3, H) @ (H, size) -> [crop, column, channel, output row].
-        tall = torch.bmm(wide.view(count, size * 3, height), down.transpose(1, 2))
-    return tall.view(count, size, 3, size).permute(0, 2, 3, 1).round_().clamp_(0, 255)
+        # One GEMM for every crop's columns, both weight halves stacked: (2*m*size, W) @ (W, 3H) -> [half, crop, column, channel, row].
+        both = _tf32_split(across.view(rows, width)) @ image.view(3 * height, width).T
+        wide = (both[:rows] + both[rows:]).round_().clamp_(0, 255)
+        # One batched GEMM for the rows: per crop (size*3, H) @ (H, 2*size) -> [crop, column, channel, half, output row].
+        both = torch.bmm(wide.view(count, size * 3, height), _tf32_split(down, dim=1).transpose(1, 2))
+        tall = both[..., :size] + both[..., size:]
+    return tall.reshape(count, size, 3, size).permute(0, 2, 3, 1).round_().clamp_(0, 255)
+
+
+def _tf32_split(weights: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """``weights`` as two halves concatenated along ``dim``: each weight cut to 10 mantissa bits,
+    and the remainder cut likewise (22 significant bits of the weight's 24, 2^-22 of it dropped).
+    Both are exact in TF32, so a product with grey levels is the same with TF32 on or off."""
+    high = _tf32_cut(weights)
+    return torch.cat([high, _tf32_cut(weights - high)], dim)
+
+
+def _tf32_cut(x: torch.Tensor) -> torch.Tensor:
+    """float32 ``x`` with the 13 low mantissa bits cleared: the values TF32 holds exactly."""
+    return (x.contiguous().view(torch.int32) & -(1 << 13)).view(torch.float32)
 
 
 def _weights(start: torch.Tensor, length: torch.Tensor, extent: int, size: int, mode: InterpolationMode,
