@@ -18,6 +18,7 @@ import sys
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import ray
@@ -108,7 +109,18 @@ class WorkerPool:
         if env:
             self._options["runtime_env"] = {"env_vars": env}
         self._actor_class = ray.remote(RayWorker)
-        self.actors = [self._spawn() for _ in range(size)]
+        self.actors = [self._spawn()]
+        if config.batch_size is None:
+            # --batch-size auto is probed once, by the first worker alone: probes of workers sharing a
+            # GPU would see each other's memory, and every worker (a replacement too) must run the
+            # same batches (GPU kernels are chosen per batch shape: labels would differ in their last bits).
+            try:
+                self._check_loaded(0, size)
+            except InputError:
+                self.close()
+                raise
+            self.config = replace(config, batch_size=ray.get(self.actors[0].info.remote()).batch_size)
+        self.actors += [self._spawn() for _ in range(size - 1)]
 
     def _spawn(self) -> "ray.actor.ActorHandle":
         return self._actor_class.options(**self._options).remote(self.config, os.getcwd())
@@ -116,18 +128,21 @@ class WorkerPool:
     def teacher_info(self) -> TeacherInfo:
         """Wait until every actor has loaded its teacher (a bad name, checkpoint, module or device
         stops the run, naming the first worker that failed); return what the first one loaded."""
-        problems = [actor.problem.remote() for actor in self.actors]
-        for i, ref in enumerate(problems):
-            try:
-                problem = ray.get(ref)
-            except RayActorError as err:  # the worker could not even start (its process died, or an import failed)
-                raise InputError(f"worker {i + 1} of {len(problems)} could not load the teacher: {describe_error(err)}") from None
-            if problem is not None:
-                raise InputError(f"worker {i + 1} of {len(problems)} {problem}")
+        for i in range(len(self.actors)):
+            self._check_loaded(i, len(self.actors))
         try:
             return ray.get(self.actors[0].info.remote())
         except RayError as err:
             raise LabelgenError(f"the teacher could not be described: {describe_error(err)}") from None
+
+    def _check_loaded(self, i: int, size: int) -> None:
+        """Wait until actor ``i`` has loaded its teacher; one line naming it when it could not."""
+        try:
+            problem = ray.get(self.actors[i].problem.remote())
+        except RayActorError as err:  # the worker could not even start (its process died, or an import failed)
+            raise InputError(f"worker {i + 1} of {size} could not load the teacher: {describe_error(err)}") from None
+        if problem is not None:
+            raise InputError(f"worker {i + 1} of {size} {problem}")
 
     def map_unordered(
         self,

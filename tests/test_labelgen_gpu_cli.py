@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +17,8 @@ from fkd.labels.cli import main as labels_main
 from fkd.store import StoreMeta
 from fkd.store.errors import StoreFormatError
 from labelgen import driver
+from labelgen import pool as pool_module
+from labelgen import worker as worker_module
 from labelgen.cli import build_parser, config_from_args, main
 from labelgen.device_batch import DEFAULT_BATCH_SIZE, BatchMemoryError, auto_batch_size, probe_batch_size
 from labelgen.messages import ShardTask
@@ -172,3 +175,44 @@ def test_the_gpu_benchmark_says_in_one_line_that_it_needs_a_gpu() -> None:
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == ("labelgen_gpu.py: needs a CUDA GPU (labelgen against the teacher's forward on the device); "
                              "torch sees none on this machine\n")
+
+
+class LocalRay:
+    """The part of Ray WorkerPool uses, run in this process: an actor is its object, a method's
+    ``.remote(...)`` its result, ``get`` the value itself."""
+
+    util = SimpleNamespace(get_node_ip_address=lambda: "127.0.0.1")
+
+    @staticmethod
+    def remote(cls: type) -> SimpleNamespace:
+        return SimpleNamespace(options=lambda **_: SimpleNamespace(remote=lambda *args: LocalActor(cls(*args))))
+
+    @staticmethod
+    def get(value: object) -> object:
+        return value
+
+    @staticmethod
+    def kill(actor: object, no_restart: bool = True) -> None:
+        pass
+
+
+class LocalActor:
+    def __init__(self, actor: object):
+        self.actor = actor
+
+    def __getattr__(self, name: str) -> SimpleNamespace:
+        method = getattr(self.actor, name)
+        return SimpleNamespace(remote=lambda *args, **kwargs: method(*args, **kwargs))
+
+
+def test_batch_size_auto_is_probed_once_and_every_worker_runs_it(tiny: tuple[Path, Path], monkeypatch) -> None:
+    """Workers that would probe different sizes (sharing a GPU, each sees the others' memory) all
+    label in the first worker's size, a replacement worker too."""
+    probes = iter([512, 256, 128, 64])
+    monkeypatch.setattr(worker_module, "auto_batch_size", lambda *args: next(probes))
+    monkeypatch.setattr(pool_module, "ray", LocalRay)
+    config = replace(make_worker(tiny[1], "full").config, batch_size=None)
+    pool = pool_module.WorkerPool(config, size=3, num_cpus=1, num_gpus=0)
+    assert pool.teacher_info().batch_size == 512 and pool.config.batch_size == 512
+    assert [actor.actor.worker.batch_size for actor in pool.actors] == [512, 512, 512]
+    assert pool._replace(pool.actors[1]).actor.worker.batch_size == 512
