@@ -25,6 +25,8 @@ def test_scale_rows_are_four_seeds_of_the_core_and_two_of_the_rest():
     seeds = {name: sorted(r.seed for r in runs if r.name == name) for name in names}
     assert all(seeds[n] == [0, 1, 2, 3] for n in names[:9]) and all(seeds[n] == [0, 1] for n in names[9:])
     assert len(runs) == 40 and not any(r.store_crops for r in runs)  # M=128 is not trained again
+    # Seed-major with the 2-seed rows in their seeds: stopped after two seeds, every row has both.
+    assert [r.seed for r in runs] == [0] * 11 + [1] * 11 + [2] * 9 + [3] * 9
 
 
 def test_paired_difference_and_its_t_interval_by_hand():

@@ -77,8 +77,9 @@ def scale_runs(core: range, extra: range) -> list[Run]:
         Run("online-kd", "full", 10, 4, 0, crop_source="store"), Run(*ms, 0, gt_weight=GT_WEIGHT, gt_weight_by="confidence"),
     ]
     extras = [Run("fkd", "marginal-renorm", 5, 4, 0), Run(*ms, 0, stored_crops="random")]
-    # Seed-major: an interrupted run leaves whole seeds of every row (paired comparisons), not 4 seeds of a few rows.
-    return [replace(c, seed=s) for s in core for c in configs] + [replace(c, seed=s) for s in extra for c in extras]
+    # Seed-major, the rows at fewer seeds with their seed: an interrupted run leaves whole seeds of
+    # every row (paired comparisons, reported by --seeds N without training), not 4 seeds of a few rows.
+    return [replace(c, seed=s) for s in core for c in configs + extras * (s in extra)]
 
 
 def paired_epochs(curve: list[float]) -> float:
