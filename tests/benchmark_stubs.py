@@ -23,7 +23,7 @@ def argvs(monkeypatch, tmp_path: Path, runs: list, images: int, samples_per_step
     """What train() would run for each run (without the script path), stopped before it runs."""
     captured: dict[str, list[str]] = {}
 
-    def capture(argv, log, env=None):
+    def capture(argv, log, env=None, append=False):
         captured[Path(argv[argv.index("--output") + 1]).name] = list(argv[1:])
         raise Stop
 

@@ -70,3 +70,33 @@ def test_module_env_puts_the_repository_on_the_path_for_its_own_teacher_modules(
     assert common.module_env(["--teacher-module", "fkd.zoo.keras_cifar10:create_model"]) == {}
     assert common.module_env(["--teacher-module", "benchmarks.accuracy.airbench_teacher:create_model"]) == {
         "PYTHONPATH": f"{common.REPO_ROOT}:/elsewhere"}
+
+
+def test_an_interrupted_run_resumes_from_its_last_epoch_and_keeps_its_log(monkeypatch, tmp_path: Path):
+    """A run folder with a checkpoint continues (--resume auto, the log appended); a folder of a run
+    that stopped before its first checkpoint starts again, cleared."""
+    run = Run("fkd", "full", 10, 4, 0)
+    calls = []
+
+    def fake_run(argv, log, env=None, append=False):
+        calls.append((argv[-2:], append, sorted(p.name for p in log.parent.iterdir())))
+        (log.parent / "log.jsonl").write_text(json.dumps({"samples": 10, "samples_per_s": 5.0, "val_top1": 1.0, "val_top5": 2.0,
+                                                         "train_loss": 3.0, "time": 7.0}) + "\n")
+        return 1.0
+
+    monkeypatch.setattr(toolkit, "run_logged", fake_run)
+    monkeypatch.setattr(toolkit, "script", lambda name: name)
+    monkeypatch.setattr(toolkit, "converted_store", lambda setting, scheme, k: Path(f"/stores/{scheme}-k{k}"))
+    monkeypatch.setattr(toolkit, "list_images", lambda data: range(1280))
+    args = argparse.Namespace(samples_per_step=128, epoch_unit=1, threads=1)
+    folder = tmp_path / "fkd-full-n4-seed0"
+    folder.mkdir()
+    for name in ("args.yaml", "last.pth", "train.log"):
+        (folder / name).write_text("x")
+    result = toolkit.train(run, args, common.LabelSetting(128, 32), Path("/data"), Path("/test"), tmp_path)
+    assert calls[-1] == (["--resume", "auto"], True, ["args.yaml", "last.pth", "train.log"])
+    assert (result["resumed"], result["wall_seconds"]) == (True, 7.0)  # both parts' epoch times, not the second part's wall
+    (folder / "benchmark.json").unlink()
+    (folder / "last.pth").unlink()
+    result = toolkit.train(run, args, common.LabelSetting(128, 32), Path("/data"), Path("/test"), tmp_path)
+    assert calls[-1][1:] == (False, []) and calls[-1][0] != ["--resume", "auto"] and result["resumed"] is False
