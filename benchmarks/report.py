@@ -32,6 +32,7 @@ from benchmarks.speed.bench_train_speed import COLUMNS as SPEED_COLUMNS  # noqa:
 from benchmarks.speed.loader import COLUMNS as LOADER_COLUMNS  # noqa: E402
 from benchmarks.storage.bench_storage import IMAGENET_COLUMNS, REAL_COLUMNS  # noqa: E402
 from benchmarks.storage.embedding import COLUMNS as EMBEDDING_COLUMNS  # noqa: E402
+from benchmarks.storage.reinforced import COLUMNS as REINFORCED_COLUMNS  # noqa: E402
 
 README = BENCH_DIR / "README.md"
 
@@ -69,8 +70,13 @@ def storage(r: dict, png: str) -> str:
     lines += ["", "Compression choice on the same real labels (`compression.py` variants, K=5; bytes per crop and random-access reads):", "",
               markdown_table(codecs, [("scheme", "scheme", ""), ("k", "K", "d"), ("variant", "variant", ""), ("bytes_per_crop", "B/crop", ".2f"),
                                       ("raw_bytes_per_crop", "raw B/crop", ".2f"), ("read_crops_per_s", "read crops/s", ",.0f")]),
-              "", f"![storage](storage/{png})"]
-    return "\n".join(lines)
+              ""]
+    if r.get("reinforced"):  # results written before reinforced stores have none
+        lines += [f"**Reinforced stores** (format version 6, `storage/reinforced.py`): the same {s['images']} images x M={s['crops']}, "
+                  "labelled with each augmentation drawn per crop and applied before the teacher, converted to marginal smoothing K=5 "
+                  "(the default); \"added\" is against the plain store of the same scheme, whose labels are the unaugmented crops'.", "",
+                  markdown_table(r["reinforced"], REINFORCED_COLUMNS), ""]
+    return "\n".join(lines + [f"![storage](storage/{png})"])
 
 
 def accuracy(r: dict, png: str) -> str:

@@ -4,6 +4,7 @@ the README renderer (benchmarks/). The benchmarks themselves are timed runs, not
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +143,13 @@ def test_report_marks_missing_results_and_is_idempotent(tmp_path: Path, monkeypa
     assert report.render(rendered) == rendered
     with pytest.raises(SystemExit, match="lacks the markers <!-- run-times:begin -->"):
         report.render("no markers here")
+
+
+def test_report_shows_the_reinforced_storage_rows_when_the_result_has_them():
+    result = json.loads((report.BENCH_DIR / "storage" / "bench_storage.json").read_text())
+    result.pop("reinforced", None)
+    assert "Reinforced stores" not in report.storage(result, "storage.png")  # a result from before reinforced stores
+    row = {"augmentation": "randaugment (format 6)", "flags": "--randaugment rand-m9-mstd0.5", "bytes_per_crop": 19.25,
+           "extra_bytes_per_crop": 2.5, "raw_bytes_per_crop": 40.0, "extra_raw_bytes_per_crop": 4.0}
+    text = report.storage(result | {"reinforced": [row]}, "storage.png")
+    assert "| randaugment (format 6) | --randaugment rand-m9-mstd0.5 | 19.25 | +2.50 | 40.0 | +4.0 |" in text
