@@ -196,6 +196,7 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=50, help="train images per class labelled by the real teacher (default 50)")
     parser.add_argument("--crops", type=int, default=200, help="crops per image M (default 200)")
     parser.add_argument("--synthetic-images", type=int, default=100, help="images of synthetic C=1000 labels for the ImageNet extrapolation")
+    parser.add_argument("--workers", type=int, default=1, help="fkd-labelgen workers for the stores not yet cached (default 1)")
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default: next to this script, -quick for --quick)")
     parser.add_argument("--plot", type=Path, default=None, help="PNG plot (default: next to this script, -quick for --quick)")
     args = parser.parse_args()
@@ -205,7 +206,7 @@ def main() -> None:
         args.per_class, args.crops, args.synthetic_images = 128, 32, 20
     setting = LabelSetting(args.per_class, args.crops)
     started = time.perf_counter()
-    store, labelgen_seconds = full_store(setting)
+    store, labelgen_seconds = full_store(setting, workers=args.workers)
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         rows, probs = measure_real(setting, Path(tmp) / "official")
@@ -213,11 +214,11 @@ def main() -> None:
     probs_path = store.parent / "teacher_probs.npy"
     np.save(probs_path, probs)
     codecs = compression_measure(probs, top_k=5, reads=min(500, len(probs)))
-    reinforced = reinforced_rows(setting)
+    reinforced = reinforced_rows(setting, workers=args.workers)
     result = {
         "setting": {"per_class": args.per_class, "images": rows[0]["images"], "crops": args.crops, "classes": rows[0]["classes"],
                     "crop_scale": list(setting.crop_scale), "teacher": "fkd.zoo.keras_cifar10 (real, pretrained)",
-                    "labelgen_seconds": labelgen_seconds, "quick": args.quick, "teacher_probs": str(probs_path)},
+                    "labelgen_seconds": labelgen_seconds, "labelgen_workers": args.workers, "quick": args.quick, "teacher_probs": str(probs_path)},
         "cifar10": rows, "imagenet": imagenet, "codecs_real_labels": codecs, "reinforced": reinforced, "quoted": QUOTED,
         "seconds": time.perf_counter() - started,
     }

@@ -66,7 +66,7 @@ def converted(store: Path, scheme: str, top_k: int) -> Path:
     return out
 
 
-def storage_rows(setting: LabelSetting) -> list[dict]:
+def storage_rows(setting: LabelSetting, workers: int = 1) -> list[dict]:
     """Bytes per crop of each reinforced payload (marginal smoothing K=5), against the plain store."""
     plain = converted_store(setting, SCHEME, TOP_K)
     with LabelStore(plain) as store:
@@ -76,7 +76,7 @@ def storage_rows(setting: LabelSetting) -> list[dict]:
     rows = [{"augmentation": "none (plain store, format 3)", "flags": "", "bytes_per_crop": plain_bytes, "extra_bytes_per_crop": 0.0,
              "raw_bytes_per_crop": plain_raw, "extra_raw_bytes_per_crop": 0.0, "labelgen_seconds": None}]
     for name, flags in AUGMENTATIONS.items():
-        full, seconds = reinforced_store(setting, flags)
+        full, seconds = reinforced_store(setting, flags, workers)
         store_dir = converted(full, SCHEME, TOP_K)
         with LabelStore(store_dir) as store:
             raw = store.meta.record_layout().raw_size / m
