@@ -177,13 +177,19 @@ def full_store(setting: LabelSetting, workers: int = 1, teacher: TeacherRef = KE
     return out, seconds
 
 
+def store_path(setting: LabelSetting, scheme: str, top_k: int) -> Path:
+    """Where ``converted_store`` keeps the Keras teacher's ``scheme`` / ``top_k`` store (labelled or
+    not): a run's argv names it before anything is labelled."""
+    return label_stores(setting) / ("full" if scheme == "full" else f"{scheme}-k{top_k}")
+
+
 def converted_store(setting: LabelSetting, scheme: str, top_k: int) -> Path:
     """The full store re-quantized to ``scheme`` / ``top_k`` with ``fkd-labels convert`` (cached):
     every scheme gets exactly the same teacher outputs, crops and flips."""
     source, _ = full_store(setting)
-    if scheme == "full":
+    out = store_path(setting, scheme, top_k)
+    if out == source:
         return source
-    out = label_stores(setting) / f"{scheme}-k{top_k}"
     if not (out / "store.json").exists() or not json.loads((out / "store.json").read_text()).get("complete"):
         run_logged([script("fkd-labels"), "convert", str(source), "--scheme", scheme, "--top-k", str(top_k),
                     "--out", str(out), "--overwrite"], out.parent / f"convert-{scheme}-k{top_k}.log")

@@ -28,6 +28,7 @@ def argvs(monkeypatch, tmp_path: Path, runs: list, images: int, samples_per_step
         raise Stop
 
     monkeypatch.setattr(toolkit, "run_logged", capture)
+    monkeypatch.setattr(toolkit, "store_path", lambda setting, scheme, k: Path(f"/stores/{scheme}-k{k}"))
     monkeypatch.setattr(toolkit, "converted_store", lambda setting, scheme, k: Path(f"/stores/{scheme}-k{k}"))
     monkeypatch.setattr(toolkit, "list_images", lambda data: range(images))
     args = argparse.Namespace(samples_per_step=samples_per_step, epoch_unit=1, threads=1)

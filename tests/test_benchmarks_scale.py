@@ -184,6 +184,7 @@ def test_the_block_keeps_every_run_and_carries_the_earlier_rows(tmp_path: Path, 
                 "wall_seconds": 1.0, "train_samples_per_s": 100.0}
 
     monkeypatch.setattr(bench_scale, "train", trained)
+    monkeypatch.setattr(bench_scale, "to_train", lambda runs, *rest: runs)
     bench_scale.run_scale(argparse.Namespace(seeds=None, jobs=1, threads=1, out=out))
     result = json.loads(out.read_text())
     assert len(result["runs"]) == 40 and result["setting"]["seeds"] == 4 and result["setting"]["extra_seeds"] == 2

@@ -86,6 +86,7 @@ def test_an_interrupted_run_resumes_from_its_last_epoch_and_keeps_its_log(monkey
 
     monkeypatch.setattr(toolkit, "run_logged", fake_run)
     monkeypatch.setattr(toolkit, "script", lambda name: name)
+    monkeypatch.setattr(toolkit, "store_path", lambda setting, scheme, k: Path(f"/stores/{scheme}-k{k}"))
     monkeypatch.setattr(toolkit, "converted_store", lambda setting, scheme, k: Path(f"/stores/{scheme}-k{k}"))
     monkeypatch.setattr(toolkit, "list_images", lambda data: range(1280))
     args = argparse.Namespace(samples_per_step=128, epoch_unit=1, threads=1)

@@ -101,7 +101,7 @@ def test_storage_rows_measure_what_each_stored_augmentation_adds(monkeypatch, tm
     flags = {"ra": reinforced.RANDAUGMENT, "pairs": reinforced.PAIRS}
     monkeypatch.setattr(reinforced, "AUGMENTATIONS", flags)
     monkeypatch.setattr(reinforced, "converted_store", lambda setting, scheme, k: plain)
-    monkeypatch.setattr(reinforced, "reinforced_store", lambda setting, f: (copies[next(n for n, v in flags.items() if v == f)], 3.0))
+    monkeypatch.setattr(reinforced, "reinforced_store", lambda setting, f, workers=1: (copies[next(n for n, v in flags.items() if v == f)], 3.0))
     monkeypatch.setattr(reinforced, "converted", lambda store, scheme, k: store)
     rows = reinforced.storage_rows(common.LabelSetting(8, 16))
     assert [r["augmentation"] for r in rows] == ["none (plain store, format 3)", "ra (format 6)", "pairs (format 6)"]

@@ -148,6 +148,9 @@ def main() -> None:
     parser.add_argument("--samples-per-step", type=int, default=128, help="crops per optimizer step S (default 128)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per training process (default 1: see common.threads_env)")
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default: next to this script, -quick for --quick)")
+    parser.add_argument("--ledger", type=Path, default=None,
+                        help="finished runs, appended as JSON lines and reused by a later start on any clone or machine (ledger.py; "
+                        "default with --scale: <result>-runs.jsonl beside the result, kept in git; otherwise none)")
     parser.add_argument("--plot", type=Path, default=None, help="PNG plot (default: next to this script, -quick for --quick)")
     args = parser.parse_args()
     if args.scale:

@@ -23,6 +23,8 @@ view (``fkd.data.targets.StoredTargets.ground_truth``), as online KD's Mixup mix
 Time: the pairs store is labelled once (the scale block's full store took 2,637 s with 2 workers;
 pairs add a partner decode and crop per image), then 12 runs of about 700 s each (the scale block's
 per-run time), about 2 hours with ``--jobs 2`` on 2 cores; ``--partners 1 4`` adds a store and 4 runs.
+Finished runs also go to ``accuracy-mix-runs.jsonl`` (``ledger.py``, kept in git): a start on
+another machine trains, and labels stores for, only the runs it lacks.
 
     .venv/bin/python benchmarks/accuracy/bench_mix.py --jobs 2
     FKD_BENCH_CACHE=/tmp/fkd-smoke .venv/bin/python benchmarks/accuracy/bench_mix.py --smoke
@@ -39,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.accuracy.bench_vit import compare, verdict, within_seed_spread  # noqa: E402
-from benchmarks.accuracy.toolkit import RECIPE, Run, Size, summarize, teacher_top1, train  # noqa: E402
+from benchmarks.accuracy.toolkit import RECIPE, Run, Size, summarize, teacher_top1, to_train, train  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     CACHE,
     KERAS_TEACHER_TOP1,
@@ -50,8 +52,9 @@ from benchmarks.common import (  # noqa: E402
     markdown_table,
     result_path,
     save_result,
+    store_path,
 )
-from benchmarks.storage.reinforced import PAIRS, reinforced_store  # noqa: E402
+from benchmarks.storage.reinforced import PAIRS, reinforced_path, reinforced_store  # noqa: E402
 from fkd.data.images import list_images  # noqa: E402
 
 MIX = PAIRS
@@ -132,14 +135,19 @@ def main(argv: "list[str] | None" = None) -> None:
     seeds = range(1 if args.smoke else args.seeds)
     setting = LabelSetting(size.per_class, size.store_crops)
     data, test = balanced_subset("train", size.per_class, setting.seed), balanced_subset("test", size.test_per_class, setting.seed)
-    full, labelgen_seconds = full_store(setting, workers=args.jobs)
-    stores = {g: reinforced_store(setting, (*PAIRS, "--mix-partners", str(g)) if g != 1 else PAIRS, workers=args.jobs) for g in args.partners}
-    teacher = teacher_top1(test)
+    out = args.out or (CACHE / "accuracy-mix-smoke.json" if args.smoke else result_path(__file__, False, "accuracy-mix"))
+    args.ledger = None if args.smoke else out.with_name(f"{out.stem}-runs.jsonl")
     args.samples_per_step, args.epoch_unit = 32 * CROPS, size.epochs
-    rows = mix_rows({g: str(store) for g, (store, _) in stores.items()}, args.gt_weight)
+    flags = {g: (*PAIRS, "--mix-partners", str(g)) if g != 1 else PAIRS for g in args.partners}
+    rows = mix_rows({g: str(reinforced_path(setting, f)) for g, f in flags.items()}, args.gt_weight)
     described = {run.name: targets for run, targets in rows}
     runs = [replace(run, seed=s) for run, _ in rows for s in seeds]
     root = CACHE / ("accuracy-mix-smoke" if args.smoke else "accuracy-mix") / f"{setting.key}-test{size.test_per_class}-E{size.epochs}"
+    todo = to_train(runs, args, setting, data, test, root)  # label only the stores that runs still to train read
+    labelgen_seconds = full_store(setting, workers=args.jobs)[1] if any(r.store is None and r.scheme for r in todo) else None
+    pairs_seconds = {g: reinforced_store(setting, f, workers=args.jobs)[1] for g, f in flags.items()
+                     if any(r.store == str(reinforced_path(setting, f)) for r in todo)}
+    teacher = teacher_top1(test)
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         results = list(pool.map(lambda r: train(r, args, setting, data, test, root), runs))
     table = summarize(results)
@@ -154,14 +162,14 @@ def main(argv: "list[str] | None" = None) -> None:
                     "seeds": len(seeds), "steps": table[0]["steps"], "images_per_step": table[0]["images_per_step"], "crops_per_image": CROPS,
                     "mix_flags": list(MIX), "gt_weight": args.gt_weight, "partners": args.partners, "recipe": str(RECIPE.relative_to(REPO_ROOT)),
                     "threads": args.threads, "jobs": args.jobs, "labelgen_seconds": labelgen_seconds,
-                    "pairs_labelgen_seconds": {g: s for g, (_, s) in stores.items()}, "smoke": args.smoke,
-                    "reused_runs": sum(bool(r.get("reused")) for r in results), "full_store": str(full)},
+                    "pairs_labelgen_seconds": pairs_seconds, "smoke": args.smoke,
+                    "reused_runs": sum(bool(r.get("reused")) for r in results), "full_store": str(store_path(setting, "full", 10))},
         "teacher_top1": teacher, "teacher_top1_reference": KERAS_TEACHER_TOP1, "rows": table, "runs": results,
         "claims": mix_claims(table, args.gt_weight, args.partners), "seconds": time.perf_counter() - started,
     }
     print(markdown_table(table, COLUMNS))
     print("\n".join(verdict(c) for c in result["claims"]))
-    save_result(args.out or (CACHE / "accuracy-mix-smoke.json" if args.smoke else result_path(__file__, False, "accuracy-mix")), result)
+    save_result(out, result)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,10 @@ hour of labelling) are not trained again: the result carries them over, marked a
 
 Time (estimated from the earlier run's per-run wall times with two runs at a time on 2 cores: fkd
 about 470 s, supervised 615 s, online KD 1,320 s): 40 runs, about 4.1 hours, plus about 45 minutes
-of labelling when the M=32 store is not cached.
+of labelling when the M=32 store is not cached. Every finished run also goes to
+``accuracy-scale-runs.jsonl`` beside the result (``ledger.py``, kept in git): the block survives a
+lost machine, and on the next one trains only the runs the ledger lacks (labelling the store only
+when one of them needs it).
 
     .venv/bin/python benchmarks/accuracy/bench_accuracy.py --scale --jobs 2
 """
@@ -35,7 +38,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.accuracy.paired import excludes_zero, interval, matching_online, objective_text, paired_difference
-from benchmarks.accuracy.toolkit import RECIPE, Run, summarize, teacher_top1, train
+from benchmarks.accuracy.toolkit import RECIPE, Run, summarize, teacher_top1, to_train, train
 from benchmarks.common import (
     CACHE,
     KERAS_TEACHER_TOP1,
@@ -228,13 +231,17 @@ def run_scale(args: argparse.Namespace) -> None:
     extra = range(min(len(core), EXTRA_SEEDS))
     data, test = balanced_subset("train", PER_CLASS), balanced_subset("test", 1000)
     setting = LabelSetting(PER_CLASS, STORE_CROPS)
-    labelgen = full_store(setting, workers=args.jobs)[1]
-    teacher = teacher_top1(test)
+    out = args.out or result_path(__file__, False, "accuracy-scale")
+    args.ledger = getattr(args, "ledger", None) or out.with_name(f"{out.stem}-runs.jsonl")
     args.samples_per_step, args.epoch_unit = 128, EPOCH_UNIT
     root = CACHE / "accuracy-scale" / f"{setting.key}-S128-E{EPOCH_UNIT}"
     runs = scale_runs(core, extra)
-    for scheme, top_k in sorted({(r.scheme, r.top_k) for r in runs if r.scheme}):
+    todo = to_train(runs, args, setting, data, test, root)  # the runs the cache and the ledger lack
+    labelgen = full_store(setting, workers=args.jobs)[1] if any(r.scheme for r in todo) else None
+    for scheme, top_k in sorted({(r.scheme, r.top_k) for r in todo if r.scheme}):
         converted_store(setting, scheme, top_k)  # one at a time: parallel runs must not convert it twice
+    print(f"{len(runs) - len(todo)} of {len(runs)} runs finished before (cache or {args.ledger.name}), {len(todo)} to train", flush=True)
+    teacher = teacher_top1(test)
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         results = list(pool.map(lambda r: train(r, args, setting, data, test, root), runs))
     rows = summarize(results)
@@ -244,7 +251,6 @@ def run_scale(args: argparse.Namespace) -> None:
         row["curve"] = " ".join(f"{v:.1f}" for v in seed0["top1_per_epoch"])
         row["pairs"] = statistics.fmean(paired_epochs(r["top1_per_epoch"]) for r in results if r["name"] == row["name"])
         row["vs_supervised"] = row["top1_mean"] - supervised["top1_mean"]
-    out = args.out or result_path(__file__, False, "accuracy-scale")
     result = {
         "setting": {"train_images": len(list_images(data)), "test_images": len(list_images(test)), "seeds": len(core), "extra_seeds": len(extra),
                     "store_crops": STORE_CROPS, "samples_per_step": 128, "crops_per_image": 4, "epochs": rows[0]["epochs"],

@@ -1,6 +1,6 @@
 """What every accuracy block (bench_accuracy.py and its --scale, --vit and --fd blocks) trains
-and reads with: the Run record, the equal-work schedule, train() with its cache of finished runs,
-the teacher's own top-1 and the per-configuration summary over seeds.
+and reads with: the Run record, the equal-work schedule, train() with its cache of finished runs
+(and the long blocks' ledger of them, ledger.py), the teacher's own top-1 and the per-configuration summary over seeds.
 
 It lives apart from the entry point so that the blocks import it and the entry point imports the
 blocks, never the other way round.
@@ -17,7 +17,18 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import KERAS_TEACHER, REPO_ROOT, LabelSetting, converted_store, module_env, run_logged, script, threads_env
+from benchmarks.accuracy.ledger import Ledger
+from benchmarks.common import (
+    KERAS_TEACHER,
+    REPO_ROOT,
+    LabelSetting,
+    converted_store,
+    module_env,
+    run_logged,
+    script,
+    store_path,
+    threads_env,
+)
 from fkd.data.images import list_images, load_image
 from fkd.teacher.teachers import create_teacher
 from train.mode_names import DISTILL_MODES, STORE_MODES
@@ -108,36 +119,78 @@ def schedule(crops_per_image: int, samples_per_step: int, epoch_unit: int, image
     return Schedule(images_per_step, epochs, -(-images // images_per_step) * epochs)
 
 
-def train(run: Run, args: argparse.Namespace, setting: LabelSetting, data: Path, test: Path, root: Path) -> dict:
-    """Run fkd-train (or reuse a finished run of the same settings) and read its log."""
+@dataclass(frozen=True)
+class Command:
+    """What ``train`` runs for a Run: fkd-train's argv (naming its store, labelled or not yet), the
+    run's folder in the cache, its schedule and, for stored-crop runs, the store to label first."""
+
+    argv: list[str]
+    out: Path
+    plan: Schedule
+    recipe_sha256: str
+    store: "tuple[LabelSetting, str, int] | None"  # converted_store's arguments; None: nothing to label
+
+
+def command(run: Run, args: argparse.Namespace, setting: LabelSetting, data: Path, test: Path, root: Path) -> Command:
     plan = schedule(run.crops, args.samples_per_step, args.epoch_unit, len(list_images(data)))
     if run.epochs:
         plan = replace(plan, epochs=run.epochs, steps=plan.steps // plan.epochs * run.epochs)
-    images_per_step, epochs = plan.images_per_step, plan.epochs
     out = root / f"{run.name}-seed{run.seed}"
     argv = [script("fkd-train"), "-c", str(run.recipe), "--mode", run.mode, "--data", str(data), "--val-data", str(test),
-            "--output", str(out), "--seed", str(run.seed), "--epochs", str(epochs), "--batch-size", str(images_per_step),
+            "--output", str(out), "--seed", str(run.seed), "--epochs", str(plan.epochs), "--batch-size", str(plan.images_per_step),
             "--crops-per-image", str(run.crops), *run.extra]
     if run.mode == "online-kd":
         argv += list(run.teacher) or ["--teacher-module", KERAS_TEACHER]
     if run.mode in DISTILL_MODES:
         argv += list(run.kd)
     replays = run.mode in STORE_MODES or run.crop_source == "store"
+    labels = None
     if replays and run.scheme is not None:  # fkd without a scheme: embeddings only (bench_fd.py)
         store_setting = replace(setting, crops=run.store_crops) if run.store_crops else setting
-        store = run.store or converted_store(store_setting, run.scheme, run.top_k)
-        argv += ["--store", str(store), "--stored-crops", run.stored_crops]
+        labels = None if run.store else (store_setting, run.scheme, run.top_k)
+        argv += ["--store", str(run.store or store_path(*labels)), "--stored-crops", run.stored_crops]
         argv += ["--crop-source", "store"] if run.crop_source == "store" else []
         argv += ["--gt-weight", str(run.gt_weight)] if run.gt_weight else []
         argv += ["--gt-weight-by", run.gt_weight_by] if run.gt_weight_by != "constant" else []
-    done = out / "benchmark.json"
-    recipe_sha256 = hashlib.sha256(run.recipe.read_bytes()).hexdigest()
+    return Command(argv, out, plan, hashlib.sha256(run.recipe.read_bytes()).hexdigest(), labels)
+
+
+def ledger_of(args: argparse.Namespace) -> "Ledger | None":
+    path = getattr(args, "ledger", None)  # only the long blocks keep one
+    return Ledger(path) if path else None
+
+
+def finished(cmd: Command, ledger: "Ledger | None") -> "dict | None":
+    """A finished run of the same settings: from the cache, else from the block's ledger (it
+    outlives the cache), or None when the run is still to train."""
+    done = cmd.out / "benchmark.json"
     if done.exists():
         record = json.loads(done.read_text())
         # The argv names the recipe by path: its hash tells an edited recipe from the one the run used
         # (records written before the hash was kept are taken at their argv's word).
-        if record.get("argv") == argv and record.get("recipe_sha256", recipe_sha256) == recipe_sha256:
-            return {**record["result"], **run.described(setting), "reused": True}
+        if record.get("argv") == cmd.argv and record.get("recipe_sha256", cmd.recipe_sha256) == cmd.recipe_sha256:
+            return record["result"]
+    return ledger.find(cmd.argv, cmd.recipe_sha256) if ledger else None
+
+
+def to_train(runs: list[Run], args: argparse.Namespace, setting: LabelSetting, data: Path, test: Path, root: Path) -> list[Run]:
+    """The runs neither the cache nor the ledger has: a block labels its stores only for these."""
+    return [r for r in runs if finished(command(r, args, setting, data, test, root), ledger_of(args)) is None]
+
+
+def train(run: Run, args: argparse.Namespace, setting: LabelSetting, data: Path, test: Path, root: Path) -> dict:
+    """Run fkd-train (or reuse a finished run of the same settings) and read its log; the result
+    goes to the block's ledger too when it keeps one."""
+    cmd, ledger = command(run, args, setting, data, test, root), ledger_of(args)
+    record = finished(cmd, ledger)
+    if record is not None:
+        if ledger and ledger.find(cmd.argv, cmd.recipe_sha256) is None:
+            ledger.add(cmd.argv, cmd.recipe_sha256, record)  # cached before the block kept a ledger
+        return {**record, **run.described(setting), "reused": True}
+    if cmd.store:
+        converted_store(*cmd.store)
+    argv, out, plan, recipe_sha256 = cmd.argv, cmd.out, cmd.plan, cmd.recipe_sha256
+    images_per_step, epochs = plan.images_per_step, plan.epochs
     # An interrupted run (hours of CPU in the scale block) continues from its last epoch: fkd-train's
     # --resume continues exactly like an uninterrupted run, and refuses a folder of other settings.
     resumed = (out / "last.pth").exists() and (out / "args.yaml").exists()
@@ -157,7 +210,9 @@ def train(run: Run, args: argparse.Namespace, setting: LabelSetting, data: Path,
         "top1": epochs_log[-1]["val_top1"], "top5": epochs_log[-1]["val_top5"], "wall_seconds": wall, "resumed": resumed,
         "train_samples": samples, "train_samples_per_s": samples / train_seconds,
     }
-    done.write_text(json.dumps({"argv": argv, "recipe_sha256": recipe_sha256, "result": result}, indent=1))
+    (out / "benchmark.json").write_text(json.dumps({"argv": argv, "recipe_sha256": recipe_sha256, "result": result}, indent=1))
+    if ledger:
+        ledger.add(argv, recipe_sha256, result)
     print(f"  {run.name} seed {run.seed}: top-1 {result['top1']:.2f} %, {wall:.0f} s, {result['train_samples_per_s']:.0f} samples/s", flush=True)
     return result
 

@@ -41,10 +41,15 @@ def complete(store: Path) -> bool:
     return (store / "store.json").exists() and bool(json.loads((store / "store.json").read_text()).get("complete"))
 
 
+def reinforced_path(setting: LabelSetting, flags: tuple[str, ...]) -> Path:
+    """Where ``reinforced_store`` keeps the store of ``flags`` (labelled or not yet)."""
+    return label_stores(setting) / store_name(flags)
+
+
 def reinforced_store(setting: LabelSetting, flags: tuple[str, ...], workers: int = 1) -> tuple[Path, "float | None"]:
     """The full-scheme store the Keras teacher gives the setting's subset with augmentation ``flags``
     (labelled once, then cached). Returns (store, fkd-labelgen seconds, None when cached)."""
-    out = label_stores(setting) / store_name(flags)
+    out = reinforced_path(setting, flags)
     if complete(out):
         return out, None
     data = balanced_subset("train", setting.per_class, setting.seed)
