@@ -75,10 +75,10 @@ def storage_rows(setting: LabelSetting, workers: int = 1) -> list[dict]:
     """Bytes per crop of each reinforced payload (marginal smoothing K=5), against the plain store."""
     plain = converted_store(setting, SCHEME, TOP_K)
     with LabelStore(plain) as store:
-        n, m = len(store), store.meta.num_crops
+        n, m, plain_version = len(store), store.meta.num_crops, store.meta.format_version
         plain_raw = store.meta.record_layout().raw_size / m
     plain_bytes = store_bytes(plain) / (n * m)
-    rows = [{"augmentation": "none (plain store, format 3)", "flags": "", "bytes_per_crop": plain_bytes, "extra_bytes_per_crop": 0.0,
+    rows = [{"augmentation": f"none (plain store, format {plain_version})", "flags": "", "bytes_per_crop": plain_bytes, "extra_bytes_per_crop": 0.0,
              "raw_bytes_per_crop": plain_raw, "extra_raw_bytes_per_crop": 0.0, "labelgen_seconds": None}]
     for name, flags in AUGMENTATIONS.items():
         full, seconds = reinforced_store(setting, flags, workers)
