@@ -160,17 +160,23 @@ def ledger_of(args: argparse.Namespace) -> "Ledger | None":
     return Ledger(path) if path else None
 
 
+def cached(cmd: Command) -> "dict | None":
+    """The run's result in the cache, while its argv and recipe are unchanged."""
+    done = cmd.out / "benchmark.json"
+    if not done.exists():
+        return None
+    record = json.loads(done.read_text())
+    # The argv names the recipe by path: its hash tells an edited recipe from the one the run used
+    # (records written before the hash was kept are taken at their argv's word).
+    same = record.get("argv") == cmd.argv and record.get("recipe_sha256", cmd.recipe_sha256) == cmd.recipe_sha256
+    return record["result"] if same else None
+
+
 def finished(cmd: Command, ledger: "Ledger | None") -> "dict | None":
     """A finished run of the same settings: from the cache, else from the block's ledger (it
     outlives the cache), or None when the run is still to train."""
-    done = cmd.out / "benchmark.json"
-    if done.exists():
-        record = json.loads(done.read_text())
-        # The argv names the recipe by path: its hash tells an edited recipe from the one the run used
-        # (records written before the hash was kept are taken at their argv's word).
-        if record.get("argv") == cmd.argv and record.get("recipe_sha256", cmd.recipe_sha256) == cmd.recipe_sha256:
-            return record["result"]
-    return ledger.find(cmd.argv, cmd.recipe_sha256) if ledger else None
+    record = cached(cmd)
+    return record if record is not None or ledger is None else ledger.find(cmd.argv, cmd.recipe_sha256)
 
 
 def to_train(runs: list[Run], args: argparse.Namespace, setting: LabelSetting, data: Path, test: Path, root: Path) -> list[Run]:
@@ -182,10 +188,12 @@ def train(run: Run, args: argparse.Namespace, setting: LabelSetting, data: Path,
     """Run fkd-train (or reuse a finished run of the same settings) and read its log; the result
     goes to the block's ledger too when it keeps one."""
     cmd, ledger = command(run, args, setting, data, test, root), ledger_of(args)
-    record = finished(cmd, ledger)
+    record = cached(cmd)
+    recorded = ledger.find(cmd.argv, cmd.recipe_sha256) if ledger else None
+    if record is not None and ledger and recorded is None:
+        ledger.add(cmd.argv, cmd.recipe_sha256, record)  # cached before the block kept a ledger
+    record = record if record is not None else recorded
     if record is not None:
-        if ledger and ledger.find(cmd.argv, cmd.recipe_sha256) is None:
-            ledger.add(cmd.argv, cmd.recipe_sha256, record)  # cached before the block kept a ledger
         return {**record, **run.described(setting), "reused": True}
     if cmd.store:
         converted_store(*cmd.store)
