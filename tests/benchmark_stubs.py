@@ -3,7 +3,6 @@ the machine record a result carries."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
@@ -31,8 +30,8 @@ def argvs(monkeypatch, tmp_path: Path, runs: list, images: int, samples_per_step
     monkeypatch.setattr(toolkit, "store_path", lambda setting, scheme, k: Path(f"/stores/{scheme}-k{k}"))
     monkeypatch.setattr(toolkit, "converted_store", lambda setting, scheme, k: Path(f"/stores/{scheme}-k{k}"))
     monkeypatch.setattr(toolkit, "list_images", lambda data: range(images))
-    args = argparse.Namespace(samples_per_step=samples_per_step, epoch_unit=1, threads=1)
+    block = toolkit.Block(common.LabelSetting(128, 32), Path("/data"), Path("/test"), tmp_path, samples_per_step, 1)
     for run in runs:
         with pytest.raises(Stop):
-            toolkit.train(run, args, common.LabelSetting(128, 32), Path("/data"), Path("/test"), tmp_path)
+            toolkit.train(run, block)
     return captured

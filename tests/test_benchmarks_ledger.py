@@ -68,12 +68,12 @@ def test_train_reuses_a_run_from_the_ledger_when_the_cache_is_gone(monkeypatch, 
     labelled = []
     monkeypatch.setattr(toolkit, "converted_store", lambda *store: labelled.append(store))
     monkeypatch.setattr(toolkit, "list_images", lambda data: range(1280))
-    args = argparse.Namespace(samples_per_step=128, epoch_unit=1, threads=1, ledger=tmp_path / "runs.jsonl")
     run, setting = Run("fkd", "full", 10, 4, 1), common.LabelSetting(128, 32)
-    first = toolkit.train(run, args, setting, Path("/data"), Path("/test"), tmp_path / "cache")
+    block = toolkit.Block(setting, Path("/data"), Path("/test"), tmp_path / "cache", 128, 1, ledger=tmp_path / "runs.jsonl")
+    first = toolkit.train(run, block)
     assert len(calls) == 1 and labelled == [(setting, "full", 10)] and not first.get("reused")
     shutil.rmtree(tmp_path / "cache")
-    again = toolkit.train(run, args, setting, Path("/data"), Path("/test"), tmp_path / "cache")
+    again = toolkit.train(run, block)
     assert len(calls) == 1 and len(labelled) == 1  # neither trained nor labelled again
     assert again["reused"] is True and {k: again[k] for k in first} == first
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 1

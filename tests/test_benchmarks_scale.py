@@ -178,9 +178,9 @@ def test_the_block_keeps_every_run_and_carries_the_earlier_rows(tmp_path: Path, 
     monkeypatch.setattr(bench_scale, "list_images", lambda path: range(10000))
     monkeypatch.setattr(common, "machine_at_start", MACHINE)
 
-    def trained(run, args, setting, data, test, root):
+    def trained(run, block):
         top1 = 65.0 + 0.1 * run.seed + (2.5 if run.gt_weight else 0.0) + (2.6 if run.name == "online-kd-a0.7-n4" else 0.0)
-        return {**run.described(setting), "top1": top1, "top1_per_epoch": [top1 - 8 + e for e in range(1, 9)], "epochs": 8, "images_per_step": 32, "steps": 2504,
+        return {**run.described(block.setting), "top1": top1, "top1_per_epoch": [top1 - 8 + e for e in range(1, 9)], "epochs": 8, "images_per_step": 32, "steps": 2504,
                 "wall_seconds": 1.0, "train_samples_per_s": 100.0}
 
     monkeypatch.setattr(bench_scale, "train", trained)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from pathlib import Path
@@ -21,14 +20,14 @@ def test_a_finished_run_is_reused_only_while_its_recipe_is_unchanged(monkeypatch
     run = Run("fkd", "full", 10, 4, 0, recipe=recipe)
     argv = ["fkd-train", *argvs(monkeypatch, tmp_path, [run], 1280)["fkd-full-n4-seed0"]]
     done = tmp_path / "fkd-full-n4-seed0" / "benchmark.json"
-    args = argparse.Namespace(samples_per_step=128, epoch_unit=1, threads=1)
+    block = toolkit.Block(common.LabelSetting(128, 32), Path("/data"), Path("/test"), tmp_path, 128, 1)
     monkeypatch.setattr(toolkit, "script", lambda name: name)
 
     def reused(record: dict) -> bool:
         done.parent.mkdir(exist_ok=True)
         done.write_text(json.dumps({"argv": argv, "result": {"top1": 50.0}, **record}))
         try:
-            return toolkit.train(run, args, common.LabelSetting(128, 32), Path("/data"), Path("/test"), tmp_path)["reused"]
+            return toolkit.train(run, block)["reused"]
         except Stop:  # run_logged was called: the run would be trained again
             return False
 
@@ -89,15 +88,28 @@ def test_an_interrupted_run_resumes_from_its_last_epoch_and_keeps_its_log(monkey
     monkeypatch.setattr(toolkit, "store_path", lambda setting, scheme, k: Path(f"/stores/{scheme}-k{k}"))
     monkeypatch.setattr(toolkit, "converted_store", lambda setting, scheme, k: Path(f"/stores/{scheme}-k{k}"))
     monkeypatch.setattr(toolkit, "list_images", lambda data: range(1280))
-    args = argparse.Namespace(samples_per_step=128, epoch_unit=1, threads=1)
+    block = toolkit.Block(common.LabelSetting(128, 32), Path("/data"), Path("/test"), tmp_path, 128, 1)
     folder = tmp_path / "fkd-full-n4-seed0"
     folder.mkdir()
     for name in ("args.yaml", "last.pth", "train.log"):
         (folder / name).write_text("x")
-    result = toolkit.train(run, args, common.LabelSetting(128, 32), Path("/data"), Path("/test"), tmp_path)
+    result = toolkit.train(run, block)
     assert calls[-1] == (["--resume", "auto"], True, ["args.yaml", "last.pth", "train.log"])
     assert (result["resumed"], result["wall_seconds"]) == (True, 7.0)  # both parts' epoch times, not the second part's wall
     (folder / "benchmark.json").unlink()
     (folder / "last.pth").unlink()
-    result = toolkit.train(run, args, common.LabelSetting(128, 32), Path("/data"), Path("/test"), tmp_path)
+    result = toolkit.train(run, block)
     assert calls[-1][1:] == (False, []) and calls[-1][0] != ["--resume", "auto"] and result["resumed"] is False
+
+
+def test_a_block_lists_its_training_folder_once_for_all_its_runs(monkeypatch, tmp_path: Path):
+    """Every run's schedule needs the image count: the block counts once, not once per run."""
+    listed = []
+    monkeypatch.setattr(toolkit, "list_images", lambda data: listed.append(data) or range(1280))
+    monkeypatch.setattr(toolkit, "store_path", lambda setting, scheme, k: Path(f"/stores/{scheme}-k{k}"))
+    block = toolkit.Block(common.LabelSetting(128, 32), Path("/data"), Path("/test"), tmp_path, 128, 1)
+    runs = [Run("fkd", "full", 10, n, seed) for n in (1, 4) for seed in (0, 1)]
+    assert toolkit.to_train(runs, block) == runs  # nothing cached, no ledger: all to train
+    plans = [toolkit.command(run, block).plan for run in runs]
+    assert listed == [Path("/data")]
+    assert [(p.images_per_step, p.epochs, p.steps) for p in plans] == [(128, 8, 80)] * 2 + [(32, 2, 80)] * 2

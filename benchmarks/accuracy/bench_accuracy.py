@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.accuracy.bench_fd import run_fd  # noqa: E402
 from benchmarks.accuracy.bench_scale import run_scale  # noqa: E402
 from benchmarks.accuracy.bench_vit import run_vit  # noqa: E402
-from benchmarks.accuracy.toolkit import ABLATION_CROPS, RECIPE, Run, summarize, teacher_top1, train  # noqa: E402
+from benchmarks.accuracy.toolkit import ABLATION_CROPS, RECIPE, Block, Run, summarize, teacher_top1, train  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     CACHE,
     KERAS_TEACHER_TOP1,
@@ -176,14 +176,15 @@ def main() -> None:
     teacher = teacher_top1(test)
     print(f"teacher top-1 on the {len(list_images(test))} test images: {teacher:.2f} % (reference: {KERAS_TEACHER_TOP1} % on all 10,000)", flush=True)
     root = CACHE / "accuracy" / f"{setting.key}-test{args.test_per_class}-S{args.samples_per_step}-E{args.epoch_unit}"
+    block = Block(setting, data, test, root, args.samples_per_step, args.epoch_unit, args.threads, args.ledger)
     seeds = range(args.seeds)
     main_runs = [Run("supervised", None, 0, MAIN_CROPS, s) for s in seeds] + [Run("online-kd", None, 0, MAIN_CROPS, s) for s in seeds]
     main_runs += [Run("fkd", scheme, k, MAIN_CROPS, s) for scheme, k in SCHEMES for s in seeds]
-    main_results = [train(r, args, setting, data, test, root) for r in main_runs]
+    main_results = [train(r, block) for r in main_runs]
     main = summarize(main_results)
     best = max((r for r in main if r["mode"] == "fkd"), key=lambda r: r["top1_mean"])
     ablation_runs = [Run("fkd", best["scheme"], best["top_k"], n, s) for n in ABLATION_CROPS for s in seeds]
-    ablation_results = [train(r, args, setting, data, test, root) for r in ablation_runs]
+    ablation_results = [train(r, block) for r in ablation_runs]
     ablation = summarize(ablation_results)
     online = next(r for r in main if r["mode"] == "online-kd")
     for r in main + ablation:

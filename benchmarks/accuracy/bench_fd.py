@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from benchmarks.accuracy.toolkit import RECIPE, Run, Size, summarize, train
+from benchmarks.accuracy.toolkit import RECIPE, Block, Run, Size, summarize, train
 from benchmarks.common import (
     BENCH_DIR,
     CACHE,
@@ -151,13 +151,12 @@ def run_fd(args: argparse.Namespace) -> None:
         labels_job, embed_job = pool.submit(full_store, setting), pool.submit(embedding_store, setting)
         (_, label_seconds), (embed, embed_seconds) = labels_job.result(), embed_job.result()
     label_store = converted_store(setting, *LABELS)
-    args.samples_per_step, args.epoch_unit = 32 * CROPS, 1
     rows = fd_rows(str(embed), SIZE.epochs)
     described = {run.name: targets for run, targets in rows}
     runs = [replace(run, seed=s) for run, _ in rows for s in seeds]
-    root = CACHE / "accuracy-fd" / f"{setting.key}-test{SIZE.test_per_class}-E{SIZE.epochs}"
+    block = Block(setting, data, test, CACHE / "accuracy-fd" / f"{setting.key}-test{SIZE.test_per_class}-E{SIZE.epochs}", 32 * CROPS, 1, args.threads)
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        results = list(pool.map(lambda r: train(r, args, setting, data, test, root), runs))
+        results = list(pool.map(lambda r: train(r, block), runs))
     table = summarize(results)
     supervised = next(r for r in table if r["mode"] == "supervised")
     crops = len(list_images(data)) * SIZE.store_crops

@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 from benchmarks.accuracy.airbench_teacher import write_cifar_tensors  # noqa: E402
 from benchmarks.accuracy.paired import interval, objective_text, paired_difference  # noqa: E402
-from benchmarks.accuracy.toolkit import Run, Size, summarize, teacher_top1, train  # noqa: E402
+from benchmarks.accuracy.toolkit import Block, Run, Size, summarize, teacher_top1, train  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     CACHE,
     KERAS,
@@ -181,13 +181,13 @@ def run_full(args: argparse.Namespace) -> None:
         print(note, flush=True)
     store, seconds = full_store(setting, workers, KERAS, gpus_per_worker=1 / workers if cuda else None)
     teachers.append(BlockTeacher("keras", KERAS.flags, store, teacher_top1(test, device="cuda" if cuda else "cpu"), seconds))
-    args.samples_per_step, args.epoch_unit = STEP[size], 1
     rows = full_rows(teachers, args.epochs or size.epochs, ("--workers", "0") if args.quick else ())
     tags = {run.name: tag for run, tag in rows}
     runs = [replace(run, seed=s) for run, _ in rows for s in range(args.seeds)]
     root = CACHE / ("accuracy-full-quick" if args.quick else "accuracy-full") / f"{setting.key}-S{STEP[size]}"
+    block = Block(setting, data, test, root, STEP[size], 1, args.threads)
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        results = list(pool.map(lambda run: train(run, args, setting, data, test, root), runs))
+        results = list(pool.map(lambda run: train(run, block), runs))
     table = summarize(results)
     supervised = table[0]["top1_mean"]
     for row in table:

@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.accuracy.bench_vit import compare, verdict, within_seed_spread  # noqa: E402
-from benchmarks.accuracy.toolkit import RECIPE, Run, Size, summarize, teacher_top1, to_train, train  # noqa: E402
+from benchmarks.accuracy.toolkit import RECIPE, Block, Run, Size, summarize, teacher_top1, to_train, train  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     CACHE,
     KERAS_TEACHER_TOP1,
@@ -136,20 +136,19 @@ def main(argv: "list[str] | None" = None) -> None:
     setting = LabelSetting(size.per_class, size.store_crops)
     data, test = balanced_subset("train", size.per_class, setting.seed), balanced_subset("test", size.test_per_class, setting.seed)
     out = args.out or (CACHE / "accuracy-mix-smoke.json" if args.smoke else result_path(__file__, False, "accuracy-mix"))
-    args.ledger = None if args.smoke else out.with_name(f"{out.stem}-runs.jsonl")
-    args.samples_per_step, args.epoch_unit = 32 * CROPS, size.epochs
     flags = {g: (*PAIRS, "--mix-partners", str(g)) if g != 1 else PAIRS for g in args.partners}
     rows = mix_rows({g: str(reinforced_path(setting, f)) for g, f in flags.items()}, args.gt_weight)
     described = {run.name: targets for run, targets in rows}
     runs = [replace(run, seed=s) for run, _ in rows for s in seeds]
     root = CACHE / ("accuracy-mix-smoke" if args.smoke else "accuracy-mix") / f"{setting.key}-test{size.test_per_class}-E{size.epochs}"
-    todo = to_train(runs, args, setting, data, test, root)  # label only the stores that runs still to train read
+    block = Block(setting, data, test, root, 32 * CROPS, size.epochs, args.threads, None if args.smoke else out.with_name(f"{out.stem}-runs.jsonl"))
+    todo = to_train(runs, block)  # label only the stores that runs still to train read
     labelgen_seconds = full_store(setting, workers=args.jobs)[1] if any(r.store is None and r.scheme for r in todo) else None
     pairs_seconds = {g: reinforced_store(setting, f, workers=args.jobs)[1] for g, f in flags.items()
                      if any(r.store == str(reinforced_path(setting, f)) for r in todo)}
     teacher = teacher_top1(test)
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        results = list(pool.map(lambda r: train(r, args, setting, data, test, root), runs))
+        results = list(pool.map(lambda r: train(r, block), runs))
     table = summarize(results)
     by_name = {r["name"]: r for r in table}
     for row in table:

@@ -38,7 +38,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.accuracy.paired import excludes_zero, interval, matching_online, objective_text, paired_difference
-from benchmarks.accuracy.toolkit import RECIPE, Run, summarize, teacher_top1, to_train, train
+from benchmarks.accuracy.toolkit import RECIPE, Block, Run, summarize, teacher_top1, to_train, train
 from benchmarks.common import (
     CACHE,
     KERAS_TEACHER_TOP1,
@@ -232,18 +232,17 @@ def run_scale(args: argparse.Namespace) -> None:
     data, test = balanced_subset("train", PER_CLASS), balanced_subset("test", 1000)
     setting = LabelSetting(PER_CLASS, STORE_CROPS)
     out = args.out or result_path(__file__, False, "accuracy-scale")
-    args.ledger = getattr(args, "ledger", None) or out.with_name(f"{out.stem}-runs.jsonl")
-    args.samples_per_step, args.epoch_unit = 128, EPOCH_UNIT
-    root = CACHE / "accuracy-scale" / f"{setting.key}-S128-E{EPOCH_UNIT}"
+    ledger = getattr(args, "ledger", None) or out.with_name(f"{out.stem}-runs.jsonl")
+    block = Block(setting, data, test, CACHE / "accuracy-scale" / f"{setting.key}-S128-E{EPOCH_UNIT}", 128, EPOCH_UNIT, args.threads, ledger)
     runs = scale_runs(core, extra)
-    todo = to_train(runs, args, setting, data, test, root)  # the runs the cache and the ledger lack
+    todo = to_train(runs, block)  # the runs the cache and the ledger lack
     labelgen = full_store(setting, workers=args.jobs)[1] if any(r.scheme for r in todo) else None
     for scheme, top_k in sorted({(r.scheme, r.top_k) for r in todo if r.scheme}):
         converted_store(setting, scheme, top_k)  # one at a time: parallel runs must not convert it twice
-    print(f"{len(runs) - len(todo)} of {len(runs)} runs finished before (cache or {args.ledger.name}), {len(todo)} to train", flush=True)
+    print(f"{len(runs) - len(todo)} of {len(runs)} runs finished before (cache or {ledger.name}), {len(todo)} to train", flush=True)
     teacher = teacher_top1(test)
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        results = list(pool.map(lambda r: train(r, args, setting, data, test, root), runs))
+        results = list(pool.map(lambda r: train(r, block), runs))
     rows = summarize(results)
     supervised = next(r for r in rows if r["name"] == "supervised-n4")
     for row in rows:

@@ -68,7 +68,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from benchmarks.accuracy.toolkit import Run, Size, summarize, teacher_top1, train
+from benchmarks.accuracy.toolkit import Block, Run, Size, summarize, teacher_top1, train
 from benchmarks.common import (
     CACHE,
     KERAS_TEACHER_TOP1,
@@ -228,15 +228,15 @@ def run_vit(args: argparse.Namespace) -> None:
     full, labelgen_seconds = full_store(setting, workers=args.jobs)
     reinforced, reinforced_seconds = reinforced_store(setting, RANDAUGMENT, workers=args.jobs)
     teacher = teacher_top1(test)
-    args.samples_per_step, args.epoch_unit = 32 * CROPS, 1
     rows = vit_rows(str(full), size.epochs) + reinforced_vit_rows(str(reinforced), size.epochs)
     described = {run.name: (student, targets) for run, student, targets in rows}
     runs = [replace(run, seed=s) for run, _, _ in rows for s in seeds]
     for scheme, top_k in sorted({(r.scheme, r.top_k) for r in runs if r.scheme}):
         converted_store(setting, scheme, top_k)  # one at a time: parallel runs must not convert it twice
     root = CACHE / ("accuracy-vit-smoke" if args.smoke else "accuracy-vit") / f"{setting.key}-test{size.test_per_class}-E{size.epochs}"
+    block = Block(setting, data, test, root, 32 * CROPS, 1, args.threads)
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        results = list(pool.map(lambda r: train(r, args, setting, data, test, root), runs))
+        results = list(pool.map(lambda r: train(r, block), runs))
     table = summarize(results)
     supervised = next(r for r in table if r["mode"] == "supervised")
     for row in table:

@@ -8,11 +8,11 @@ blocks, never the other way round.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import statistics
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -120,6 +120,32 @@ def schedule(crops_per_image: int, samples_per_step: int, epoch_unit: int, image
 
 
 @dataclass(frozen=True)
+class Block:
+    """What every run of one block shares: the label setting, the training and test folders, the
+    cache folder of its run folders, the equal-work schedule's two knobs, torch threads per run and
+    the ledger of finished runs (the long blocks keep one). Each block's entry function builds it
+    from its command line, so the toolkit reads typed fields and never an argparse Namespace."""
+
+    setting: LabelSetting
+    data: Path
+    test: Path
+    root: Path
+    samples_per_step: int
+    epoch_unit: int
+    threads: int = 1
+    ledger: "Path | None" = None
+
+    @cached_property
+    def images(self) -> int:
+        """The training images, counted once: every run's schedule needs the count, and listing
+        10,000 files per run (40 runs in the scale block) at each start is wasted."""
+        return len(list_images(self.data))
+
+    def run_ledger(self) -> "Ledger | None":
+        return Ledger(self.ledger) if self.ledger else None
+
+
+@dataclass(frozen=True)
 class Command:
     """What ``train`` runs for a Run: fkd-train's argv (naming its store, labelled or not yet), the
     run's folder in the cache, its schedule and, for stored-crop runs, the store to label first."""
@@ -131,11 +157,12 @@ class Command:
     store: "tuple[LabelSetting, str, int] | None"  # converted_store's arguments; None: nothing to label
 
 
-def command(run: Run, args: argparse.Namespace, setting: LabelSetting, data: Path, test: Path, root: Path) -> Command:
-    plan = schedule(run.crops, args.samples_per_step, args.epoch_unit, len(list_images(data)))
+def command(run: Run, block: Block) -> Command:
+    data, test, setting = block.data, block.test, block.setting
+    plan = schedule(run.crops, block.samples_per_step, block.epoch_unit, block.images)
     if run.epochs:
         plan = replace(plan, epochs=run.epochs, steps=plan.steps // plan.epochs * run.epochs)
-    out = root / f"{run.name}-seed{run.seed}"
+    out = block.root / f"{run.name}-seed{run.seed}"
     argv = [script("fkd-train"), "-c", str(run.recipe), "--mode", run.mode, "--data", str(data), "--val-data", str(test),
             "--output", str(out), "--seed", str(run.seed), "--epochs", str(plan.epochs), "--batch-size", str(plan.images_per_step),
             "--crops-per-image", str(run.crops), *run.extra]
@@ -153,11 +180,6 @@ def command(run: Run, args: argparse.Namespace, setting: LabelSetting, data: Pat
         argv += ["--gt-weight", str(run.gt_weight)] if run.gt_weight else []
         argv += ["--gt-weight-by", run.gt_weight_by] if run.gt_weight_by != "constant" else []
     return Command(argv, out, plan, hashlib.sha256(run.recipe.read_bytes()).hexdigest(), labels)
-
-
-def ledger_of(args: argparse.Namespace) -> "Ledger | None":
-    path = getattr(args, "ledger", None)  # only the long blocks keep one
-    return Ledger(path) if path else None
 
 
 def cached(cmd: Command) -> "dict | None":
@@ -179,22 +201,23 @@ def finished(cmd: Command, ledger: "Ledger | None") -> "dict | None":
     return record if record is not None or ledger is None else ledger.find(cmd.argv, cmd.recipe_sha256)
 
 
-def to_train(runs: list[Run], args: argparse.Namespace, setting: LabelSetting, data: Path, test: Path, root: Path) -> list[Run]:
+def to_train(runs: list[Run], block: Block) -> list[Run]:
     """The runs neither the cache nor the ledger has: a block labels its stores only for these."""
-    return [r for r in runs if finished(command(r, args, setting, data, test, root), ledger_of(args)) is None]
+    ledger = block.run_ledger()
+    return [r for r in runs if finished(command(r, block), ledger) is None]
 
 
-def train(run: Run, args: argparse.Namespace, setting: LabelSetting, data: Path, test: Path, root: Path) -> dict:
+def train(run: Run, block: Block) -> dict:
     """Run fkd-train (or reuse a finished run of the same settings) and read its log; the result
     goes to the block's ledger too when it keeps one."""
-    cmd, ledger = command(run, args, setting, data, test, root), ledger_of(args)
+    cmd, ledger = command(run, block), block.run_ledger()
     record = cached(cmd)
     recorded = ledger.find(cmd.argv, cmd.recipe_sha256) if ledger else None
     if record is not None and ledger and recorded is None:
         ledger.add(cmd.argv, cmd.recipe_sha256, record)  # cached before the block kept a ledger
     record = record if record is not None else recorded
     if record is not None:
-        return {**record, **run.described(setting), "reused": True}
+        return {**record, **run.described(block.setting), "reused": True}
     if cmd.store:
         converted_store(*cmd.store)
     argv, out, plan, recipe_sha256 = cmd.argv, cmd.out, cmd.plan, cmd.recipe_sha256
@@ -205,14 +228,14 @@ def train(run: Run, args: argparse.Namespace, setting: LabelSetting, data: Path,
     if out.exists() and not resumed:
         for stale in out.iterdir():
             stale.unlink()
-    wall = run_logged(argv + ["--resume", "auto"] * resumed, out / "train.log", threads_env(args.threads) | module_env(run.teacher),
+    wall = run_logged(argv + ["--resume", "auto"] * resumed, out / "train.log", threads_env(block.threads) | module_env(run.teacher),
                       append=resumed)
     epochs_log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
     samples = sum(e["samples"] for e in epochs_log)
     wall = sum(e["time"] for e in epochs_log) if resumed else wall  # both parts' epochs (evaluation included)
     train_seconds = sum(e["samples"] / e["samples_per_s"] for e in epochs_log)
     result = {
-        **run.described(setting),
+        **run.described(block.setting),
         "top1_per_epoch": [e["val_top1"] for e in epochs_log], "train_loss_per_epoch": [e["train_loss"] for e in epochs_log],
         "epochs": epochs, "images_per_step": images_per_step, "steps": plan.steps,
         "top1": epochs_log[-1]["val_top1"], "top5": epochs_log[-1]["val_top5"], "wall_seconds": wall, "resumed": resumed,
