@@ -112,3 +112,17 @@ def test_a_teacher_that_fails_in_the_workers_is_one_line(above_a_clone, tmp_path
     printed = worker_output(above_a_clone["ray_tmp"])
     assert "cannot read teacher checkpoint" not in printed and "Traceback" not in printed
     assert not (tmp_path / "store").exists()
+
+
+def test_local_workers_run_at_the_command_s_own_priority(above_a_clone):
+    """Ray starts its workers 15 nicer than the driver by default, which starves labelling on a
+    machine doing anything else; a local instance started by fkd-labelgen adds nothing."""
+    import os
+
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray.get(niceness.remote()) == os.nice(0)
