@@ -38,6 +38,14 @@ def test_the_mix_block_runs_online_kd_linear_labels_and_stored_pairs_at_both_obj
     assert argv["fkd-full-pairs-n4-seed0"][argv["fkd-full-pairs-n4-seed0"].index("--epochs") + 1] == "2"  # 1280 images: the equal-work epochs
 
 
+
+def test_the_mix_block_trains_whole_seeds_first():
+    rows = bench_mix.mix_rows({1: "/stores/pairs"}, 0.3)
+    runs = bench_mix.mix_runs(rows, range(2))
+    assert [(r.name, r.seed) for r in runs] == [(r.name, s) for s in (0, 1) for r, _ in rows]
+    assert len({r.name for r in runs[:len(rows)]}) == len(rows) == 6
+
+
 def row(name: str, top1: float, std: "float | None") -> dict:
     return {"name": name, "top1_mean": top1, "top1_std": std}
 

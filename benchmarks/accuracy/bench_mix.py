@@ -84,6 +84,13 @@ def mix_rows(pair_stores: dict[int, str], gt_weight: float) -> list[tuple[Run, s
     return rows
 
 
+def mix_runs(rows: list[tuple[Run, str]], seeds: range) -> list[Run]:
+    """Every row at every seed, seed-major: a block cut off with its machine leaves whole seeds of
+    every row in its ledger (``--seeds 1`` then builds seed 0's table from it), not both seeds of
+    the first rows."""
+    return [replace(run, seed=s) for s in seeds for run, _ in rows]
+
+
 def online_name(w: float) -> str:
     """The online-KD row whose objective a stored row at ground-truth weight ``w`` matches."""
     return "online-kd-mix" + (f"-a{1 - w:g}" if w else "") + "-n4"
@@ -139,9 +146,7 @@ def main(argv: "list[str] | None" = None) -> None:
     flags = {g: (*PAIRS, "--mix-partners", str(g)) if g != 1 else PAIRS for g in args.partners}
     rows = mix_rows({g: str(reinforced_path(setting, f)) for g, f in flags.items()}, args.gt_weight)
     described = {run.name: targets for run, targets in rows}
-    # Seed-major: a block cut off with its machine leaves whole seeds of every row in the ledger
-    # (``--seeds 1`` then builds seed 0's table from it), not both seeds of the first rows.
-    runs = [replace(run, seed=s) for s in seeds for run, _ in rows]
+    runs = mix_runs(rows, seeds)
     root = CACHE / ("accuracy-mix-smoke" if args.smoke else "accuracy-mix") / f"{setting.key}-test{size.test_per_class}-E{size.epochs}"
     block = Block(setting, data, test, root, 32 * CROPS, size.epochs, args.threads, None if args.smoke else out.with_name(f"{out.stem}-runs.jsonl"))
     todo = to_train(runs, block)  # label only the stores that runs still to train read
