@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.accuracy.bench_accuracy import COLUMNS as ACCURACY_COLUMNS  # noqa: E402
 from benchmarks.accuracy.bench_fd import describe as describe_fd  # noqa: E402
 from benchmarks.accuracy.bench_full import describe as describe_full  # noqa: E402
+from benchmarks.accuracy.bench_mix import describe as describe_mix  # noqa: E402
 from benchmarks.accuracy.bench_scale import describe as describe_scale  # noqa: E402
 from benchmarks.accuracy.bench_vit import COLUMNS as VIT_COLUMNS  # noqa: E402
 from benchmarks.accuracy.bench_vit import verdict, vit_claims  # noqa: E402
@@ -148,6 +149,10 @@ def accuracy_scale(r: dict, png: str) -> str:
     return provenance(r) + "\n\n" + describe_scale(r)
 
 
+def accuracy_mix(r: dict, png: str) -> str:
+    return provenance(r) + "\n\n" + describe_mix(r)
+
+
 def accuracy_full(r: dict, png: str) -> str:
     return provenance(r) + "\n\n" + describe_full(r)
 
@@ -231,6 +236,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict, str], str], str]] = {
     "embedding-storage": ("storage/embedding", embedding_storage, ""),
     "accuracy": ("accuracy/bench_accuracy", accuracy, "accuracy"),
     "accuracy-scale": ("accuracy/accuracy-scale", accuracy_scale, ""),
+    "accuracy-mix": ("accuracy/accuracy-mix", accuracy_mix, ""),
     "accuracy-full": ("accuracy/accuracy-full", accuracy_full, ""),
     "accuracy-controls": ("accuracy/controls", accuracy_controls, ""),
     "accuracy-vit": ("accuracy/accuracy-vit", accuracy_vit, ""),
@@ -244,7 +250,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict, str], str], str]] = {
 """README block -> (JSON path stem under benchmarks/, renderer, PNG stem)."""
 
 
-SINGLE_SETTING = {"accuracy-scale", "accuracy-full", "accuracy-controls", "accuracy-vit", "accuracy-fd", "embedding-storage", "train-speed-gpu"}
+SINGLE_SETTING = {"accuracy-scale", "accuracy-mix", "accuracy-full", "accuracy-controls", "accuracy-vit", "accuracy-fd", "embedding-storage", "train-speed-gpu"}
 """Blocks with one setting (no --quick variant)."""
 
 

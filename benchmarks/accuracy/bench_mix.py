@@ -122,6 +122,17 @@ COLUMNS = [
 ]
 
 
+def describe(result: dict) -> str:
+    """The README block below the provenance line: setting, rows and the claims."""
+    s = result["setting"]
+    return "\n".join([
+        f"{s['train_images']} CIFAR-10 train images (balanced), {s['test_images']} test images, {s['seeds']} seeds, every run {s['steps']} steps of "
+        f"{s['images_per_step']} images x {s['crops_per_image']} crops, recipe `{s['recipe']}` with `{' '.join(s['mix_flags'])}`; teacher "
+        f"(Keras CNN) top-1 **{result['teacher_top1']:.2f} %**; labels from M={s['store_crops']} stored crops per image.", "",
+        markdown_table(result["rows"], COLUMNS), "", "Claims:", "", *(verdict(c) for c in result["claims"]),
+    ])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=2, help="seeds per row (default 2)")
