@@ -7,7 +7,11 @@ import pytest
 import torch
 from timm.data import mixup as timm_mixup
 
+from fkd.config import parse_args_with_config
+from train.cli import build_parser
+from train.config import TrainConfig
 from train.mixup import MixInfo, SoftTargetMixup, cutmix_box
+from train.run import build_mixer
 
 B, C, H, W, K = 5, 3, 12, 16, 4
 
@@ -221,3 +225,59 @@ def test_bad_inputs_are_rejected() -> None:
         mixer(images, torch.arange(5))
     with pytest.raises(ValueError, match="with B=5; got torch.float32 \\(4, 4\\)"):
         mixer(images, targets[:4])
+
+
+# ------------------------------------------------------------------ --mixup-mode elem
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_elem_mode_mixes_each_sample_with_its_mirror_by_its_own_draw(seed: int) -> None:
+    """Sample b is mixed with sample B-1-b by its own MixInfo, with batch mode's formulas: each row
+    equals what batch mode gives that row with that draw, image and target alike."""
+    images, targets = batch(seed)
+    mixer = SoftTargetMixup(mode="elem")
+    out_images, out_targets = mixer(images, targets, gen(seed))
+    infos = mixer.last
+    assert isinstance(infos, tuple) and len(infos) == B
+    for b, info in enumerate(infos):
+        alone_images, alone_targets = SoftTargetMixup._apply(images, targets, info)
+        assert torch.equal(out_images[b], alone_images[b]) and torch.equal(out_targets[b], alone_targets[b])
+    assert torch.allclose(out_targets.sum(-1), torch.ones(B))
+    with pytest.raises(ValueError, match="a lam per sample"):
+        mixer.last_lam
+
+
+def test_elem_mode_draws_differ_within_a_batch_and_batch_mode_shares_one() -> None:
+    """What tells the modes apart: within one call elem mode has several lams and both kinds,
+    batch mode one draw for all (the control the stored pairs' per-crop draws need)."""
+    images = torch.rand(64, C, H, W, generator=gen(0))
+    targets = torch.softmax(torch.randn(64, K, generator=gen(1)), dim=-1)
+    elem = SoftTargetMixup(mode="elem")
+    elem(images, targets, gen(3))
+    assert len({i.lam for i in elem.last}) > 30 and {i.mode for i in elem.last} == {"mixup", "cutmix"}  # type: ignore[union-attr]
+    half = SoftTargetMixup(prob=0.5, mode="elem")
+    half(images, targets, gen(4))
+    mixed = sum(i.mode != "none" for i in half.last)  # type: ignore[union-attr]
+    assert 16 < mixed < 48  # per sample, not all or nothing
+
+
+def test_elem_mode_is_reproducible_and_takes_one_draw() -> None:
+    images, targets = batch()
+    first, second = SoftTargetMixup(mode="elem"), SoftTargetMixup(mode="elem")
+    g1, g2, reference = gen(9), gen(9), gen(9)
+    out1, out2 = first(images, targets, g1), second(images, targets, g2)
+    assert first.last == second.last and torch.equal(out1[0], out2[0]) and torch.equal(out1[1], out2[1])
+    torch.randint(0, 2**63 - 1, (1,), generator=reference)
+    assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=reference))
+
+
+def test_unknown_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="mode must be one of batch, elem; got 'pair'"):
+        SoftTargetMixup(mode="pair")
+
+
+@pytest.mark.parametrize(("flags", "mode"), [((), "batch"), (("--mixup-mode", "elem"), "elem")])
+def test_fkd_train_builds_the_mixer_in_the_mode_asked(flags: tuple[str, ...], mode: str) -> None:
+    args = parse_args_with_config(build_parser(), ["--data", "D", "--model", "M", "--output", "O", "--mixup", "0.8", *flags])
+    mixer = build_mixer(TrainConfig.from_namespace(args).augment)
+    assert mixer is not None and mixer.mode == mode and mixer.mixup_alpha == 0.8

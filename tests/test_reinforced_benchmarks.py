@@ -25,44 +25,62 @@ from conftest import write_random_store
 def test_the_mix_block_runs_online_kd_linear_labels_and_stored_pairs_at_both_objectives(monkeypatch, tmp_path: Path):
     rows = bench_mix.mix_rows({1: "/stores/pairs", 4: "/stores/pairs4"}, 0.3)
     argv = argvs(monkeypatch, tmp_path, [run for run, _ in rows], 1280)
-    mix = ["--mixup", "0.8", "--cutmix", "1.0"]
+    mix, elem = ["--mixup", "0.8", "--cutmix", "1.0"], ["--mixup-mode", "elem"]
     assert sorted(argv) == sorted(f"{name}-seed0" for name in (
-        "online-kd-mix-n4", "fkd-full-mix-n4", "fkd-full-pairs-n4", "fkd-full-pairs4-n4", "online-kd-mix-a0.7-n4",
-        "fkd-full-gt0.3-mix-n4", "fkd-full-gt0.3-pairs-n4", "fkd-full-gt0.3-pairs4-n4"))
+        "online-kd-mix-n4", "fkd-full-mix-n4", "online-kd-mix-elem-n4", "fkd-full-mix-elem-n4", "fkd-full-pairs-n4", "fkd-full-pairs4-n4",
+        "online-kd-mix-a0.7-n4", "fkd-full-gt0.3-mix-n4", "online-kd-mix-elem-a0.7-n4", "fkd-full-gt0.3-mix-elem-n4",
+        "fkd-full-gt0.3-pairs-n4", "fkd-full-gt0.3-pairs4-n4"))
     tail = lambda name: argv[f"{name}-seed0"][argv[f"{name}-seed0"].index("--crops-per-image") + 2:]  # noqa: E731
     assert tail("online-kd-mix-n4") == [*mix, "--teacher-module", "fkd.zoo.keras_cifar10:create_model", "--kd-alpha", "1"]
     assert tail("online-kd-mix-a0.7-n4")[-2:] == ["--kd-alpha", "0.7"]  # (1 - W) KD + W CE(mixed y): fkd's W = 0.3
+    assert tail("online-kd-mix-elem-a0.7-n4") == [*mix, *elem, "--teacher-module", "fkd.zoo.keras_cifar10:create_model", "--kd-alpha", "0.7"]
     assert tail("fkd-full-mix-n4") == [*mix, "--store", "/stores/full-k10", "--stored-crops", "cycle"]  # linear mixing of stored labels
+    assert tail("fkd-full-mix-elem-n4") == [*mix, *elem, "--store", "/stores/full-k10", "--stored-crops", "cycle"]  # per crop
     assert tail("fkd-full-pairs-n4") == ["--store", "/stores/pairs", "--stored-crops", "cycle"]  # the pairs come from the store
     assert tail("fkd-full-gt0.3-pairs4-n4") == ["--store", "/stores/pairs4", "--stored-crops", "cycle", "--gt-weight", "0.3"]
     assert argv["fkd-full-pairs-n4-seed0"][argv["fkd-full-pairs-n4-seed0"].index("--epochs") + 1] == "2"  # 1280 images: the equal-work epochs
-
 
 
 def test_the_mix_block_trains_whole_seeds_first():
     rows = bench_mix.mix_rows({1: "/stores/pairs"}, 0.3)
     runs = bench_mix.mix_runs(rows, range(2))
     assert [(r.name, r.seed) for r in runs] == [(r.name, s) for s in (0, 1) for r, _ in rows]
-    assert len({r.name for r in runs[:len(rows)]}) == len(rows) == 6
+    assert len({r.name for r in runs[:len(rows)]}) == len(rows) == 10
+
+
+def test_each_stored_row_is_set_against_online_kd_at_its_objective_and_draws():
+    """Pairs draw per crop: their online row is the per-sample one; linear mixing keeps its own scope."""
+    online = {run.name: bench_mix.like_online(run) for run, _ in bench_mix.mix_rows({1: "/stores/pairs"}, 0.3)}
+    assert online == {
+        "online-kd-mix-n4": None, "fkd-full-mix-n4": "online-kd-mix-n4", "online-kd-mix-elem-n4": None,
+        "fkd-full-mix-elem-n4": "online-kd-mix-elem-n4", "fkd-full-pairs-n4": "online-kd-mix-elem-n4",
+        "online-kd-mix-a0.7-n4": None, "fkd-full-gt0.3-mix-n4": "online-kd-mix-a0.7-n4", "online-kd-mix-elem-a0.7-n4": None,
+        "fkd-full-gt0.3-mix-elem-n4": "online-kd-mix-elem-a0.7-n4", "fkd-full-gt0.3-pairs-n4": "online-kd-mix-elem-a0.7-n4"}
 
 
 def row(name: str, top1: float, std: "float | None") -> dict:
     return {"name": name, "top1_mean": top1, "top1_std": std}
 
 
-def test_mix_claims_read_stored_labels_against_online_kd_at_the_same_objective():
-    rows = [row("online-kd-mix-n4", 60.0, 0.3), row("fkd-full-mix-n4", 59.0, 0.4), row("fkd-full-pairs-n4", 59.8, 0.2),
-            row("online-kd-mix-a0.7-n4", 62.0, 0.3), row("fkd-full-gt0.3-mix-n4", 62.5, 0.4), row("fkd-full-gt0.3-pairs-n4", 61.0, 0.4)]
+def test_mix_claims_read_stored_labels_against_online_kd_at_the_same_objective_and_draws():
+    rows = [row("online-kd-mix-n4", 60.0, 0.3), row("fkd-full-mix-n4", 59.0, 0.4), row("online-kd-mix-elem-n4", 63.0, 0.3),
+            row("fkd-full-mix-elem-n4", 62.9, 0.1), row("fkd-full-pairs-n4", 62.2, 0.2),
+            row("online-kd-mix-a0.7-n4", 62.0, 0.3), row("fkd-full-gt0.3-mix-n4", 62.5, 0.4), row("online-kd-mix-elem-a0.7-n4", 61.0, 0.3),
+            row("fkd-full-gt0.3-mix-elem-n4", 61.5, 0.4), row("fkd-full-gt0.3-pairs-n4", 61.0, 0.4)]
     claims = bench_mix.mix_claims(rows, 0.3, [1])
-    assert [(c["holds"], c["clear"]) for c in claims] == [(False, True), (True, False), (True, True), (True, False), (False, True), (False, True)]
-    assert claims[0]["claim"] == ("stored labels within the seed spread of online KD under the same augmentation (Mixup/CutMix mixed linearly: "
-                                  "fkd-full-mix-n4 vs online-kd-mix-n4)")
+    assert [(c["holds"], c["clear"]) for c in claims] == [
+        (False, True), (True, False), (False, True), (False, True), (True, True),  # W=0
+        (True, False), (True, False), (True, False), (False, False), (False, True)]  # W=0.3
+    assert claims[0]["claim"] == ("stored labels within the seed spread of online KD under the same augmentation (Mixup/CutMix mixed linearly, "
+                                  "batch draws: fkd-full-mix-n4 vs online-kd-mix-n4)")
     assert claims[0]["measured"] == "fkd-full-mix-n4 59.00 vs online-kd-mix-n4 60.00: -1.00 points, seed spread 0.50"
-    assert claims[1]["measured"] == "fkd-full-pairs-n4 59.80 vs online-kd-mix-n4 60.00: -0.20 points, seed spread 0.36"
-    assert claims[4]["claim"].endswith("(Mixup/CutMix pairs labelled by the teacher, 1 partner image(s), W=0.3: fkd-full-gt0.3-pairs-n4 vs "
-                                       "online-kd-mix-a0.7-n4)")
+    assert claims[2]["measured"] == "fkd-full-pairs-n4 62.20 vs online-kd-mix-elem-n4 63.00: -0.80 points, seed spread 0.36"
+    assert claims[3]["measured"] == "fkd-full-pairs-n4 62.20 vs fkd-full-mix-elem-n4 62.90: -0.70 points, seed spread 0.22"
+    assert claims[4]["claim"] == "per-crop draws beat one draw per batch, online KD"
+    assert claims[7]["claim"].endswith("(Mixup/CutMix pairs labelled by the teacher, 1 partner image(s), W=0.3: fkd-full-gt0.3-pairs-n4 vs "
+                                       "online-kd-mix-elem-a0.7-n4)")
     one_seed = bench_mix.mix_claims([{**r, "top1_std": None} for r in rows], 0.3, [1])
-    assert [c["holds"] for c in one_seed] == [False, False, True, True, False, False]  # no spread: not below online KD at all
+    assert [c["holds"] for c in one_seed] == [False, False, False, False, True, True, True, True, False, False]  # no spread: not below at all
 
 
 def test_the_vit_blocks_reinforced_row_replays_its_store_without_randaugment(monkeypatch, tmp_path: Path):

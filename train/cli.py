@@ -24,7 +24,7 @@ from fkd.teacher.options import add_teacher_args
 from .aug_levels import AUG_LEVELS, ERASE_MODES, apply_aug_level
 from .config import TrainConfig
 from .errors import SetupError
-from .mode_names import CROP_SOURCES, DISTILL_DEFAULTS, EMBED_LOSSES, FEATURE_DEFAULTS, GT_WEIGHT_BY, MODES, PROJECTORS
+from .mode_names import CROP_SOURCES, DISTILL_DEFAULTS, EMBED_LOSSES, FEATURE_DEFAULTS, GT_WEIGHT_BY, MIX_SCOPES, MODES, PROJECTORS
 from .options import check_config
 
 AUG_LEVEL_HELP = ", ".join(f"{name} = mixup {level.mixup:g} + {level.randaugment or 'no RandAugment'}" for name, level in AUG_LEVELS.items())
@@ -152,7 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(stored embeddings too, linearly: an approximation, the teacher never saw the mixed image; online-fd's "
                         "teacher does)")
     g.add_argument("--cutmix", type=float, default=0.0, help="CutMix Beta alpha (0 = off); lambda corrected by the clipped box area")
-    g.add_argument("--mixup-prob", type=float, default=1.0, help="probability of mixing a batch (default 1)")
+    g.add_argument("--mixup-prob", type=float, default=1.0,
+                   help="probability of mixing a batch (a sample with --mixup-mode elem; default 1)")
+    g.add_argument("--mixup-mode", choices=MIX_SCOPES, default="batch",
+                   help="as in timm: batch (default) draws once per batch: mixed or not, Mixup or CutMix, one lambda and box; elem "
+                        "draws them per sample, as fkd-labelgen's stored pairs do per crop (the partner is always the sample at the "
+                        "mirrored batch position)")
     g.add_argument("--mixup-switch-prob", type=float, default=0.5,
                    help="probability of CutMix instead of Mixup when both are on, as in timm (default 0.5); the official FKD code's "
                         "switch prob means the opposite: there 1.0 is Mixup only")

@@ -55,6 +55,7 @@ class AugmentConfig:
     cutmix: float
     mixup_prob: float
     mixup_switch_prob: float
+    mixup_mode: str
 
 
 @dataclass(frozen=True)

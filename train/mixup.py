@@ -5,7 +5,14 @@ mixes the stored soft labels, and it draws from NumPy's global RNG, so a resumed
 run cannot replay it. This module follows timm's batch mode and box convention exactly, but draws
 everything from a ``numpy.random.Generator`` seeded by one draw from the caller's torch generator.
 
-Batch mode: sample ``b`` is paired with sample ``B-1-b`` (the flipped batch order).
+Sample ``b`` is paired with sample ``B-1-b`` (the flipped batch order). timm's two modes:
+
+- ``batch`` (timm's default): one draw for the whole batch: mixed or not, Mixup or CutMix, one
+  ``lam`` and one box for every sample;
+- ``elem``: a draw per sample, in batch order: each sample mixed or not, Mixup or CutMix, with its
+  own ``lam`` and box; what fkd-labelgen's stored pairs draw per crop (``fkd.data.mixing``), so
+  this is the mixing that matches them when online KD or linearly mixed stored labels are set beside
+  them.
 
 - Mixup: ``x' = lam * x + (1 - lam) * x.flip(0)`` with ``lam ~ Beta(mixup_alpha, mixup_alpha)``.
 - CutMix: ``lam ~ Beta(cutmix_alpha, cutmix_alpha)`` sizes a box of side ``sqrt(1 - lam)`` times
@@ -13,7 +20,8 @@ Batch mode: sample ``b`` is paired with sample ``B-1-b`` (the flipped batch orde
   box is pasted from the partner and ``lam`` becomes ``1 - box_area / (H * W)``, the true fraction
   of the image's own pixels.
 
-Targets are mixed with the same ``lam``: ``y' = lam * y + (1 - lam) * y.flip(0)``.
+Targets are mixed with the same ``lam`` (each sample's own in ``elem`` mode):
+``y' = lam * y + (1 - lam) * y.flip(0)``.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from typing import Literal
 
 import numpy as np
 import torch
+
+from .mode_names import MIX_SCOPES
 
 __all__ = ["Box", "MixInfo", "SoftTargetMixup", "cutmix_box"]
 
@@ -75,11 +85,13 @@ def cutmix_box(
 
 @dataclass
 class SoftTargetMixup:
-    """Batch Mixup/CutMix of images and dense targets (soft labels or one-hot), timm-compatible.
+    """Mixup/CutMix of images and dense targets (soft labels or one-hot), timm-compatible.
 
-    ``prob``: chance to mix a batch at all. ``switch_prob``: chance of CutMix rather than Mixup when
-    both alphas are > 0. An alpha of 0 disables that kind (``cutmix_minmax`` enables CutMix on its
-    own, as in timm). Inputs are not modified; ``last`` holds the ``MixInfo`` of the latest call.
+    ``prob``: chance to mix a batch (a sample, in ``elem`` mode) at all. ``switch_prob``: chance of
+    CutMix rather than Mixup when both alphas are > 0. An alpha of 0 disables that kind
+    (``cutmix_minmax`` enables CutMix on its own, as in timm). ``mode``: ``batch`` or ``elem``
+    (``MIX_SCOPES``). Inputs are not modified; ``last`` holds the latest call's ``MixInfo``: one for
+    the batch, or in ``elem`` mode a tuple of one per sample.
     """
 
     mixup_alpha: float = 0.8
@@ -87,7 +99,8 @@ class SoftTargetMixup:
     prob: float = 1.0
     switch_prob: float = 0.5
     cutmix_minmax: tuple[float, float] | None = None
-    last: MixInfo | None = field(default=None, init=False, repr=False)
+    mode: str = "batch"
+    last: "MixInfo | tuple[MixInfo, ...] | None" = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
@@ -98,6 +111,8 @@ class SoftTargetMixup:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]; got {value}")
+        if self.mode not in MIX_SCOPES:
+            raise ValueError(f"mode must be one of {', '.join(MIX_SCOPES)}; got {self.mode!r}")
         if self.cutmix_minmax is not None:
             lo, hi = self.cutmix_minmax
             if not 0.0 < lo < hi <= 1.0:
@@ -112,7 +127,10 @@ class SoftTargetMixup:
 
     @property
     def last_lam(self) -> float | None:
-        """``lam`` of the latest call (1.0 when it did not mix), None before the first call."""
+        """``lam`` of the latest call in ``batch`` mode (1.0 when it did not mix), None before the
+        first call (in ``elem`` mode each sample's is in ``last``)."""
+        if isinstance(self.last, tuple):
+            raise ValueError("last_lam: an elem-mode call has a lam per sample (see last)")
         return None if self.last is None else self.last.lam
 
     def __call__(
@@ -134,8 +152,12 @@ class SoftTargetMixup:
                 f"got {targets.dtype} {tuple(targets.shape)} (one-hot encode class indices first)"
             )
         seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator))
-        self.last = self._draw(np.random.default_rng(seed), images.shape[-2], images.shape[-1])
-        return self._apply(images, targets, self.last)
+        rng, (height, width) = np.random.default_rng(seed), images.shape[-2:]
+        if self.mode == "batch":
+            self.last = self._draw(rng, height, width)
+            return self._apply(images, targets, self.last)
+        self.last = tuple(self._draw(rng, height, width) for _ in range(images.shape[0]))
+        return self._apply_each(images, targets, self.last)
 
     def _draw(self, rng: np.random.Generator, height: int, width: int) -> MixInfo:
         if not self.enabled or rng.random() >= self.prob:
@@ -162,3 +184,21 @@ class SoftTargetMixup:
             mixed = images.clone()
             mixed[:, :, top:bottom, left:right] = images.flip(0)[:, :, top:bottom, left:right]
         return mixed, targets * lam + targets.flip(0) * (1.0 - lam)
+
+    @staticmethod
+    def _apply_each(
+        images: torch.Tensor, targets: torch.Tensor, infos: tuple[MixInfo, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``elem`` mode: sample ``b`` mixed with sample ``B-1-b`` by its own ``MixInfo``, by the
+        formulas of ``_apply`` (the same arithmetic, so a sample's result equals batch mode's with
+        that ``MixInfo``)."""
+        partners, mixed = images.flip(0), images.clone()
+        for b, info in enumerate(infos):
+            if info.mode == "mixup":
+                mixed[b] = images[b] * info.lam + partners[b] * (1.0 - info.lam)
+            elif info.mode == "cutmix":
+                top, bottom, left, right = info.box  # type: ignore[misc]
+                mixed[b, :, top:bottom, left:right] = partners[b, :, top:bottom, left:right]
+        own, other = (torch.tensor(w, dtype=targets.dtype, device=targets.device).unsqueeze(1)
+                      for w in ([i.lam for i in infos], [1.0 - i.lam for i in infos]))
+        return mixed, targets * own + targets.flip(0) * other

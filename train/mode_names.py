@@ -32,3 +32,5 @@ PROJECTORS: tuple[str, ...] = ("linear", "mlp")
 """``train.projector.PROJECTOR_KINDS``, likewise."""
 FEATURE_DEFAULTS: dict[str, "str | float"] = {"embed_loss": "smooth-l1", "projector": "linear", "embed_weight": 1.0, "embedding_from": "feature-map"}
 """Defaults of the feature-distillation options: runs that distill no features refuse other values."""
+MIX_SCOPES: tuple[str, ...] = ("batch", "elem")
+"""--mixup-mode: timm's batch (one Mixup/CutMix draw per batch) or elem (one per sample)."""

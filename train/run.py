@@ -138,7 +138,7 @@ def build_mixer(augment: AugmentConfig) -> "SoftTargetMixup | None":
     if augment.mixup <= 0 and augment.cutmix <= 0:
         return None
     try:
-        return SoftTargetMixup(augment.mixup, augment.cutmix, augment.mixup_prob, augment.mixup_switch_prob)
+        return SoftTargetMixup(augment.mixup, augment.cutmix, augment.mixup_prob, augment.mixup_switch_prob, mode=augment.mixup_mode)
     except ValueError as exc:
         raise SetupError(f"mixup settings: {exc}") from None
 

@@ -59,6 +59,8 @@ from fkd.data.images import list_images  # noqa: E402
 
 MIX = PAIRS
 """fkd-train's batch Mixup/CutMix flags and fkd-labelgen's pair flags: the same names, the same values."""
+SCOPES: dict[str, tuple[str, ...]] = {"batch": (), "elem": ("--mixup-mode", "elem")}
+"""fkd-train's mixing scopes (timm's --mixup-mode): one draw per batch (the default), one per crop."""
 CROPS = 4
 FULL = Size(per_class=1000, store_crops=32, test_per_class=1000, epochs=4)  # epoch unit 4: 8 epochs of n=4, 2,504 steps
 SMOKE = Size(per_class=8, store_crops=8, test_per_class=10, epochs=1)
@@ -70,17 +72,22 @@ def weights(gt_weight: float) -> tuple[float, ...]:
 
 
 def mix_rows(pair_stores: dict[int, str], gt_weight: float) -> list[tuple[Run, str]]:
-    """(seed-0 run, targets) per row; ``pair_stores``: partner images per image -> reinforced store."""
+    """(seed-0 run, targets) per row; ``pair_stores``: partner images per image -> reinforced store.
+    Online KD and linear mixing run in both of timm's mixing scopes (``SCOPES``): the pairs draw per
+    crop, so the per-sample scope is their like-with-like row."""
     rows: list[tuple[Run, str]] = []
     for w in weights(gt_weight):
         alpha, gt = f"{1 - w:g}", f" + {w:g} CE(mixed y)" if w else ""
-        rows.append((Run("online-kd", None, 0, CROPS, 0, kd=("--kd-alpha", alpha), extra=MIX, tag="mix" + (f"-a{alpha}" if w else "")),
-                     f"{alpha} KL(teacher on the mixed image){gt}"))
-        rows.append((Run("fkd", "full", 10, CROPS, 0, gt_weight=w, extra=MIX, tag="mix"), f"stored labels mixed linearly{gt}"))
+        for scope, flags in SCOPES.items():
+            per = f", {scope} draws"
+            rows.append((Run("online-kd", None, 0, CROPS, 0, kd=("--kd-alpha", alpha), extra=MIX + flags,
+                             tag=mix_tag(scope) + (f"-a{alpha}" if w else "")), f"{alpha} KL(teacher on the mixed image){gt}{per}"))
+            rows.append((Run("fkd", "full", 10, CROPS, 0, gt_weight=w, extra=MIX + flags, tag=mix_tag(scope)),
+                         f"stored labels mixed linearly{gt}{per}"))
         for partners, store in pair_stores.items():
             tag = "pairs" + (f"{partners}" if partners != 1 else "")
             rows.append((Run("fkd", "full", 10, CROPS, 0, gt_weight=w, store=store, tag=tag),
-                         f"stored labels of the mixed views, {partners} partner image(s) per image{gt}"))
+                         f"stored labels of the mixed views, {partners} partner image(s) per image{gt}, per-crop draws"))
     return rows
 
 
@@ -91,34 +98,57 @@ def mix_runs(rows: list[tuple[Run, str]], seeds: range) -> list[Run]:
     return [replace(run, seed=s) for s in seeds for run, _ in rows]
 
 
-def online_name(w: float) -> str:
-    """The online-KD row whose objective a stored row at ground-truth weight ``w`` matches."""
-    return "online-kd-mix" + (f"-a{1 - w:g}" if w else "") + "-n4"
+def mix_tag(scope: str) -> str:
+    """The tag of a mixed row: batch draws keep the block's first names."""
+    return "mix" if scope == "batch" else f"mix-{scope}"
 
 
-def stored_name(w: float, partners: "int | None") -> str:
-    """A stored row: linearly mixed labels (``partners`` None) or pairs with that many partner images."""
-    kind = "mix" if partners is None else "pairs" + (f"{partners}" if partners != 1 else "")
+def online_name(w: float, scope: str = "elem") -> str:
+    """The online-KD row whose objective a stored row at ground-truth weight ``w`` matches, in that
+    mixing scope (per-crop draws by default: the pairs')."""
+    return f"online-kd-{mix_tag(scope)}" + (f"-a{1 - w:g}" if w else "") + "-n4"
+
+
+def stored_name(w: float, partners: "int | None", scope: str = "batch") -> str:
+    """A stored row: linearly mixed labels (``partners`` None) in a mixing scope, or pairs with that
+    many partner images."""
+    kind = mix_tag(scope) if partners is None else "pairs" + (f"{partners}" if partners != 1 else "")
     return f"fkd-full{f'-gt{w:g}' if w else ''}-{kind}-n4"
 
 
+def like_online(run: Run) -> "str | None":
+    """The online-KD row of a stored row's objective and mixing scope (pairs: per-crop draws);
+    None for an online row."""
+    if run.mode != "fkd":
+        return None
+    per_crop = run.store is not None or SCOPES["elem"][-1] in run.extra
+    return online_name(run.gt_weight or 0.0, "elem" if per_crop else "batch")
+
+
 def mix_claims(rows: list[dict], gt_weight: float, partners: "list[int]") -> list[dict]:
-    """Each stored row against online KD at its objective, and stored pairs against linear mixing."""
+    """Each stored row against online KD at its objective and mixing scope, stored pairs against
+    linear mixing in the same scope, and what the scope alone does to online KD."""
     by_name = {r["name"]: r for r in rows}
     claims = []
     for w in weights(gt_weight):
         at = f", W={w:g}" if w else ""
-        for g in (None, *partners):
-            what = "mixed linearly" if g is None else f"pairs labelled by the teacher, {g} partner image(s)"
+        for scope in SCOPES:
+            name = stored_name(w, None, scope)
+            claims.append(within_seed_spread(f"Mixup/CutMix mixed linearly, {scope} draws{at}: {name} vs {online_name(w, scope)}",
+                                             by_name, name, online_name(w, scope)))
+        for g in partners:
             name = stored_name(w, g)
-            claims.append(within_seed_spread(f"Mixup/CutMix {what}{at}: {name} vs {online_name(w)}", by_name, name, online_name(w)))
-        claims.append(compare(f"stored pairs beat linearly mixed stored labels{at}", by_name, stored_name(w, partners[0]), stored_name(w, None)))
+            claims.append(within_seed_spread(f"Mixup/CutMix pairs labelled by the teacher, {g} partner image(s){at}: {name} vs "
+                                             f"{online_name(w)}", by_name, name, online_name(w)))
+        claims.append(compare(f"stored pairs beat linearly mixed stored labels, both per-crop draws{at}", by_name,
+                              stored_name(w, partners[0]), stored_name(w, None, "elem")))
+        claims.append(compare(f"per-crop draws beat one draw per batch, online KD{at}", by_name, online_name(w), online_name(w, "batch")))
     return claims
 
 
 COLUMNS = [
     ("name", "run", ""), ("targets", "targets", ""), ("seeds", "seeds", "d"), ("steps", "steps", "d"), ("top1_mean", "test top-1 %", ".2f"),
-    ("top1_std", "spread (std)", ".2f"), ("vs_online", "vs online KD (same objective)", "+.2f"), ("wall_seconds", "wall s", ".0f"),
+    ("top1_std", "spread (std)", ".2f"), ("vs_online", "vs online KD (same objective and draws)", "+.2f"), ("wall_seconds", "wall s", ".0f"),
 ]
 
 
@@ -157,6 +187,7 @@ def main(argv: "list[str] | None" = None) -> None:
     flags = {g: (*PAIRS, "--mix-partners", str(g)) if g != 1 else PAIRS for g in args.partners}
     rows = mix_rows({g: str(reinforced_path(setting, f)) for g, f in flags.items()}, args.gt_weight)
     described = {run.name: targets for run, targets in rows}
+    online_of = {run.name: like_online(run) for run, _ in rows}
     runs = mix_runs(rows, seeds)
     root = CACHE / ("accuracy-mix-smoke" if args.smoke else "accuracy-mix") / f"{setting.key}-test{size.test_per_class}-E{size.epochs}"
     block = Block(setting, data, test, root, 32 * CROPS, size.epochs, args.threads, None if args.smoke else out.with_name(f"{out.stem}-runs.jsonl"))
@@ -171,9 +202,8 @@ def main(argv: "list[str] | None" = None) -> None:
     by_name = {r["name"]: r for r in table}
     for row in table:
         row["targets"] = described[row["name"]]
-        w = row["gt_weight"] or 0.0
-        online = by_name.get(online_name(w))
-        row["vs_online"] = None if online is None or row["mode"] != "fkd" else row["top1_mean"] - online["top1_mean"]
+        online = by_name.get(online_of[row["name"]] or "")
+        row["vs_online"] = None if online is None else row["top1_mean"] - online["top1_mean"]
     result = {
         "setting": {"train_images": len(list_images(data)), "test_images": len(list_images(test)), "store_crops": size.store_crops,
                     "seeds": len(seeds), "steps": table[0]["steps"], "images_per_step": table[0]["images_per_step"], "crops_per_image": CROPS,
