@@ -12,17 +12,22 @@ Mixup 0.8 / CutMix 1.0 (switch 0.5, every sample mixed) on in every row:
   every stored crop was mixed at generation with a crop of another image and the teacher labelled
   the mixed view; training replays the pair (no batch mixing), one partner image per image
   (``--partners 4``: also a store of 4 partner images per image, more pairs for 3 more decodes);
+- online-kd-mix-elem, fkd-full-mix-elem: the first two with ``--mixup-mode elem``. The pairs draw
+  per crop (mixed or not, Mixup or CutMix, lambda, box), timm's batch mode once per step; per-crop
+  draws give each step crops of every mixing strength, which changes training by itself. These rows
+  have the pairs' draws, so the pairs are read against them, not against the batch rows;
 
-and the same three with ground truth at weight W (``--gt-weight``, default 0.3) against online KD at
+and the same rows with ground truth at weight W (``--gt-weight``, default 0.3) against online KD at
 the matching objective (``--kd-alpha 1-W``: (1-W) KD + W CE(mixed ground truth)). Each stored row
-is read against its online row as "stored labels within the seed spread of online KD under the same
-augmentation" (``bench_vit.within_seed_spread``), and stored pairs against linearly mixed labels.
+is read against its online row (same objective, same draws) as "stored labels within the seed
+spread of online KD under the same augmentation" (``bench_vit.within_seed_spread``), stored pairs
+against linearly mixed labels with per-crop draws, and online KD's per-crop against its batch draws.
 The stored-pair rows with W > 0 mix the two images' ground truth by each crop's own share of its
 view (``fkd.data.targets.StoredTargets.ground_truth``), as online KD's Mixup mixes it.
 
-Time: the pairs store is labelled once (the scale block's full store took 2,637 s with 2 workers;
-pairs add a partner decode and crop per image), then 12 runs of about 700 s each (the scale block's
-per-run time), about 2 hours with ``--jobs 2`` on 2 cores; ``--partners 1 4`` adds a store and 4 runs.
+Time (2 cores, ``--jobs 2``): the pairs store is labelled once (the scale block's full store took
+2,637 s with 2 workers; pairs add a partner decode and crop per image), then 20 runs: about 1,000 s
+per online KD run and 400 s per fkd run, about 2.5 hours; ``--partners 1 4`` adds a store and 4 runs.
 Finished runs also go to ``accuracy-mix-runs.jsonl`` (``ledger.py``, kept in git): a start on
 another machine trains, and labels stores for, only the runs it lacks.
 
